@@ -1,0 +1,321 @@
+package block
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+
+	"github.com/qimg/qimg/storage"
+)
+
+// DefaultMaxChainDepth bounds backing chains when the Env sets no limit.
+const DefaultMaxChainDepth = 256
+
+// Env is the environment images are opened and created in: which drivers
+// exist, where files come from, what an image may make us open, and where
+// warnings go. An Env holds no per-image state and may be shared.
+type Env struct {
+	// Registry holds the format drivers.
+	Registry *Registry
+	// Files opens files by name; nil means host files.
+	Files storage.Opener
+	// Policy decides which files named by images may be opened.
+	Policy Policy
+	// Secrets holds --object secret values by id.
+	Secrets map[string][]byte
+	// MaxChainDepth bounds backing chains; 0 means DefaultMaxChainDepth.
+	MaxChainDepth int
+	// Stderr receives warnings; nil discards them.
+	Stderr io.Writer
+	// Prog is the program name warnings are prefixed with.
+	Prog string
+}
+
+func (e *Env) files() storage.Opener {
+	if e.Files == nil {
+		return storage.Local{}
+	}
+	return e.Files
+}
+
+// Warn prints "prog: warning: msg" to Stderr.
+func (e *Env) Warn(msg string) {
+	if e.Stderr != nil {
+		fmt.Fprintf(e.Stderr, "%s: warning: %s\n", e.Prog, msg)
+	}
+}
+
+// Notice prints text to Stderr as it is.
+func (e *Env) Notice(text string) {
+	if e.Stderr != nil {
+		io.WriteString(e.Stderr, text)
+	}
+}
+
+// OpenOptions says how to open an image.
+type OpenOptions struct {
+	// Format is the driver name; empty means probe the content.
+	Format string
+	// Write opens the image read-write.
+	Write bool
+	// WriteBacking opens the backing chain read-write too (for commit).
+	WriteBacking bool
+	// Cache is the cache mode.
+	Cache CacheMode
+	// ForceShare opens even if another process holds a write lock (-U).
+	ForceShare bool
+	// NoBacking leaves the backing chain closed; unallocated ranges then
+	// read as zeroes.
+	NoBacking bool
+	// DriverOptions are the format's runtime options ("l2-cache-size").
+	DriverOptions map[string]string
+}
+
+// Node is an opened image together with its container file and its opened
+// backing chain. It implements Image; writes honour the cache mode.
+type Node struct {
+	Image
+	// Filename is the name the image was opened under.
+	Filename string
+	// Driver is the image's format driver.
+	Driver Driver
+	// File is the container the image is stored in.
+	File storage.File
+	// Backing is the opened backing image, or nil.
+	Backing *Node
+	// Probed is set when the format was guessed from content.
+	Probed bool
+
+	env   *Env
+	cache CacheMode
+	write bool
+}
+
+// Open opens the named image and, unless o.NoBacking, its backing chain.
+func (e *Env) Open(name string, o OpenOptions) (*Node, error) {
+	return e.open(name, o, nil)
+}
+
+func (e *Env) open(name string, o OpenOptions, seen []storage.File) (*Node, error) {
+	f, err := e.files().Open(name, storage.OpenOptions{Write: o.Write, Direct: o.Cache.Direct(), NoSync: o.Cache.IgnoreFlush()})
+	if err != nil {
+		return nil, err
+	}
+	n, err := e.OpenFile(f, name, o, seen)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+// OpenFile opens an image stored in an already opened file. On success the
+// Node owns f.
+func (e *Env) OpenFile(f storage.File, name string, o OpenOptions, seen []storage.File) (*Node, error) {
+	for _, s := range seen {
+		if storage.SameFile(s, f) {
+			return nil, fmt.Errorf("Backing file '%s' creates an infinite loop.", name)
+		}
+	}
+	maxDepth := e.MaxChainDepth
+	if maxDepth <= 0 {
+		maxDepth = DefaultMaxChainDepth
+	}
+	if len(seen) > maxDepth {
+		return nil, fmt.Errorf("Backing chain of '%s' is deeper than %d images", name, maxDepth)
+	}
+	var drv Driver
+	probed := false
+	if o.Format != "" {
+		d, ok := e.Registry.Lookup(o.Format)
+		if !ok {
+			return nil, fmt.Errorf("Unknown driver '%s'", o.Format)
+		}
+		drv = d
+	} else {
+		d, err := e.Registry.ProbeFile(f)
+		if err != nil {
+			return nil, err
+		}
+		drv, probed = d, true
+	}
+	dopts, err := e.driverOptions(drv, name, o, probed)
+	if err != nil {
+		return nil, err
+	}
+	img, err := drv.Open(f, dopts)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{Image: img, Filename: name, Driver: drv, File: f, Probed: probed, env: e, cache: o.Cache, write: o.Write}
+	if b, ok := img.(Backed); ok && !o.NoBacking {
+		if err := e.openBacking(n, b, o, append(seen, f)); err != nil {
+			img.Close()
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+// driverOptions checks the runtime options against the driver's specs and
+// builds what Driver.Open gets.
+func (e *Env) driverOptions(drv Driver, name string, o OpenOptions, probed bool) (*DriverOptions, error) {
+	var specs []OptionSpec
+	if s, ok := drv.(OpenSpecser); ok {
+		specs = s.OpenSpecs()
+	}
+	opts := NewOptions(specs)
+	for _, k := range sortedKeys(o.DriverOptions) {
+		if findSpec(specs, k) == nil {
+			return nil, fmt.Errorf("Block format '%s' does not support the option '%s'", drv.Name(), k)
+		}
+		if err := opts.Set(k, o.DriverOptions[k]); err != nil {
+			return nil, err
+		}
+	}
+	return &DriverOptions{
+		Filename: name,
+		Write:    o.Write,
+		Probed:   probed,
+		Options:  opts,
+		Env:      e,
+		OpenRelated: func(related string, write bool) (storage.File, error) {
+			return e.OpenRelated(name, related, "file", write, o.Cache)
+		},
+		Warn: e.Warn,
+	}, nil
+}
+
+// OpenRelated opens a file that the image called image names (a data file,
+// an extent), resolving it against the image's directory and checking the
+// Env's policy. what names the kind of file for messages.
+func (e *Env) OpenRelated(image, named, what string, write bool, cache CacheMode) (storage.File, error) {
+	full, err := e.Policy.Check(image, named, what)
+	if err != nil {
+		return nil, err
+	}
+	return e.files().Open(full, storage.OpenOptions{Write: write, Direct: cache.Direct(), NoSync: cache.IgnoreFlush()})
+}
+
+func (e *Env) openBacking(n *Node, b Backed, o OpenOptions, seen []storage.File) error {
+	name, format := b.BackingFile()
+	if name == "" {
+		return nil
+	}
+	full, err := e.Policy.Check(n.Filename, name, "backing file")
+	if err != nil {
+		return fmt.Errorf("Could not open backing file: %w", err)
+	}
+	bo := OpenOptions{
+		Format:       format,
+		Write:        o.WriteBacking,
+		WriteBacking: o.WriteBacking,
+		Cache:        o.Cache,
+		ForceShare:   o.ForceShare,
+	}
+	back, err := e.open(full, bo, seen)
+	if err != nil {
+		return fmt.Errorf("Could not open backing file: %w", err)
+	}
+	n.Backing = back
+	b.SetBacking(back)
+	return nil
+}
+
+// FullBackingFilename returns the backing file name resolved against the
+// image's name, as `qemu-img info` shows it, or "" without a backing file.
+func (n *Node) FullBackingFilename() string {
+	b, ok := n.Image.(Backed)
+	if !ok {
+		return ""
+	}
+	name, _ := b.BackingFile()
+	if name == "" {
+		return ""
+	}
+	return CombinePath(n.Filename, name)
+}
+
+// WriteAt writes and, in a write-through cache mode, flushes.
+func (n *Node) WriteAt(p []byte, off int64) (int, error) {
+	c, err := n.Image.WriteAt(p, off)
+	if err == nil && n.cache.WriteThrough() {
+		err = n.Image.Flush()
+	}
+	return c, err
+}
+
+// WriteZeroes zeroes and, in a write-through cache mode, flushes.
+func (n *Node) WriteZeroes(off, length int64, flags ZeroFlags) error {
+	err := n.Image.WriteZeroes(off, length, flags)
+	if err == nil && n.cache.WriteThrough() {
+		err = n.Image.Flush()
+	}
+	return err
+}
+
+// Flush makes completed writes durable unless the cache mode is unsafe.
+func (n *Node) Flush() error {
+	if n.cache.IgnoreFlush() {
+		return nil
+	}
+	return n.Image.Flush()
+}
+
+// Close closes the image, its container and its backing chain.
+func (n *Node) Close() error {
+	err := n.Image.Close()
+	if cerr := n.File.Close(); err == nil {
+		err = cerr
+	}
+	if n.Backing != nil {
+		if berr := n.Backing.Close(); err == nil {
+			err = berr
+		}
+	}
+	return err
+}
+
+// Writable reports whether the node was opened for writing.
+func (n *Node) Writable() bool { return n.write }
+
+// Info returns what the image says about itself; images without an Infoer
+// report no cluster size and a clean dirty flag.
+func (n *Node) Info() (Info, error) {
+	if i, ok := n.Image.(Infoer); ok {
+		return i.Info()
+	}
+	return Info{}, nil
+}
+
+// AllocatedSize returns the storage the image occupies, or -1 if unknown.
+func (n *Node) AllocatedSize() int64 {
+	if a, ok := n.Image.(AllocatedSizer); ok {
+		if s, err := a.AllocatedSize(); err == nil {
+			return s
+		}
+		return -1
+	}
+	return storage.AllocatedSize(n.File)
+}
+
+// Chain returns the node and its opened backing images, top first.
+func (n *Node) Chain() []*Node {
+	var c []*Node
+	for x := n; x != nil; x = x.Backing {
+		c = append(c, x)
+	}
+	return c
+}
+
+func sortedKeys(m map[string]string) []string {
+	return slices.Sorted(maps.Keys(m))
+}
+
+// IsNotFound reports whether err says a file does not exist.
+func IsNotFound(err error) bool {
+	var oe *storage.OpenError
+	return errors.As(err, &oe) && storage.Strerror(oe.Err) == "No such file or directory"
+}

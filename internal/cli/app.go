@@ -1,0 +1,311 @@
+// Package cli is qimg's command line: the qemu-img tool (and the entry
+// points of qemu-nbd and qemu-io), with qemu-img 7.2's options, argument
+// order, messages and exit codes.
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/qimg/qimg/block"
+	"github.com/qimg/qimg/internal/drivers"
+)
+
+// Version is qimg's version.
+const Version = "0.1.0"
+
+// QemuVersion is the qemu-img version whose behaviour qimg reproduces.
+const QemuVersion = "7.2.0"
+
+// App is one run of a tool: its name, its streams and the block-layer
+// environment images are opened in.
+type App struct {
+	// Prog is the name messages are prefixed with ("qemu-img", "qimg").
+	Prog   string
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+	// Env is where images are opened and created.
+	Env *block.Env
+	// Getenv reads the environment; nil means os.Getenv.
+	Getenv func(string) string
+	// IsTerminal reports whether stdout is a terminal (for progress).
+	IsTerminal func() bool
+}
+
+// command is one qemu-img command.
+type command struct {
+	name  string
+	run   func(a *App, args []string) int
+	usage string
+}
+
+// commands lists the qemu-img commands in the order help shows them.
+func commands() []command {
+	return []command{
+		{"amend", nil, "amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename"},
+		{"bench", nil, "bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename"},
+		{"bitmap", nil, "bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap"},
+		{"check", nil, "check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename"},
+		{"commit", nil, "commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename"},
+		{"compare", nil, "compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2"},
+		{"convert", nil, "convert [--object objectdef] [--image-opts] [--target-image-opts] [--target-is-zero] [--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] filename [filename2 [...]] output_filename"},
+		{"create", cmdCreate, "create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]"},
+		{"dd", nil, "dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output"},
+		{"info", cmdInfo, "info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename"},
+		{"map", nil, "map [--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename"},
+		{"measure", nil, "measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] filename]"},
+		{"snapshot", nil, "snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename"},
+		{"rebase", nil, "rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename"},
+		{"resize", nil, "resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size"},
+	}
+}
+
+// Main runs the tool chosen by the program name in args[0] and returns the
+// exit code.
+func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	prog := "qimg"
+	if len(args) > 0 {
+		prog = filepath.Base(args[0])
+	}
+	a := &App{Prog: prog, Stdin: stdin, Stdout: stdout, Stderr: stderr}
+	rest := args[1:]
+	switch prog {
+	case "qemu-nbd":
+		return a.notYet("qemu-nbd")
+	case "qemu-io":
+		return a.notYet("qemu-io")
+	case "qemu-img", "kvm-img":
+	default:
+		if len(rest) > 0 {
+			switch rest[0] {
+			case "nbd":
+				a.Prog = "qemu-nbd"
+				return a.notYet("qemu-nbd")
+			case "io":
+				a.Prog = "qemu-io"
+				return a.notYet("qemu-io")
+			}
+		}
+	}
+	return a.qemuImg(rest)
+}
+
+func (a *App) notYet(tool string) int {
+	a.errorf("%s is not yet available in qimg %s", tool, Version)
+	return 1
+}
+
+func (a *App) getenv(k string) string {
+	if a.Getenv != nil {
+		return a.Getenv(k)
+	}
+	return os.Getenv(k)
+}
+
+// errorf prints an error line: "prog: message".
+func (a *App) errorf(format string, args ...any) {
+	fmt.Fprintf(a.Stderr, "%s: %s\n", a.Prog, fmt.Sprintf(format, args...))
+}
+
+// usageError prints an error line and the pointer to --help, and returns
+// exit code 1, as qemu-img's error_exit does.
+func (a *App) usageError(format string, args ...any) int {
+	a.errorf(format, args...)
+	fmt.Fprintf(a.Stderr, "Try '%s --help' for more information\n", a.Prog)
+	return 1
+}
+
+// reportErr prints err with an optional prefix, and any hint it carries on
+// the following lines.
+func (a *App) reportErr(prefix string, err error) {
+	a.errorf("%s%s", prefix, err)
+	var h interface{ ErrorHint() string }
+	if errors.As(err, &h) && h.ErrorHint() != "" {
+		hint := h.ErrorHint()
+		if !strings.HasSuffix(hint, "\n") {
+			hint += "\n"
+		}
+		io.WriteString(a.Stderr, hint)
+	}
+}
+
+func (a *App) printf(format string, args ...any) {
+	fmt.Fprintf(a.Stdout, format, args...)
+}
+
+// versionText is what -V prints.
+func versionText() string {
+	return fmt.Sprintf("qemu-img version %s (qimg %s)\n"+
+		"qimg is a pure Go reimplementation compatible with qemu-img %s; it is not QEMU.\n", QemuVersion, Version, QemuVersion)
+}
+
+func (a *App) help() int {
+	var b strings.Builder
+	b.WriteString(versionText())
+	fmt.Fprintf(&b, "usage: %s [standard options] command [command options]\n", a.Prog)
+	b.WriteString("Disk image utility (qemu-img compatible)\n\n")
+	b.WriteString("    '-h', '--help'       display this help and exit\n")
+	b.WriteString("    '-V', '--version'    output version information and exit\n")
+	b.WriteString("    '-T', '--trace'      [[enable=]<pattern>][,events=<file>][,file=<file>]\n")
+	b.WriteString("                         specify tracing options (accepted and ignored)\n")
+	b.WriteString("    '--untrusted'        treat images as hostile: open only files inside the image's\n")
+	b.WriteString("                         directory and apply resource limits (also QIMG_UNTRUSTED=1)\n")
+	b.WriteString("\nCommand syntax:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(&b, "  %s\n", c.usage)
+	}
+	b.WriteString(helpParameters)
+	fmt.Fprintf(&b, "\nSupported formats: %s\n", strings.Join(a.env().Registry.Names(), " "))
+	b.WriteString("\nReport bugs to the qimg project's issue tracker.\n")
+	io.WriteString(a.Stdout, b.String())
+	return 0
+}
+
+const helpParameters = `
+Command parameters:
+  'filename' is a disk image filename
+  'objectdef' defines an object such as a secret: secret,id=ID,data=VALUE or
+    secret,id=ID,file=PATH (format=raw|base64); secrets supply passwords and keys
+  'fmt' is the disk image format; it is detected from the content when omitted
+  'cache' is the cache mode for writing: 'none', 'writeback' (default, except
+    for convert), 'writethrough', 'directsync' or 'unsafe' (default for convert)
+  'src_cache' is the cache mode for reading source images, with the same values
+  'size' is a size in bytes, with optional suffixes k or K (1024), M, G, T, P
+    and E (each 1024 times the previous); 'b' means bytes
+  'output_filename' is the destination image
+  'output_fmt' is the destination format
+  'options' is a comma-separated list of name=value format options; -o help
+    lists the options of the chosen format
+  'snapshot_param' is 'snapshot.id=[ID],snapshot.name=[NAME]' or '[ID_OR_NAME]'
+  '-c' compresses the target image (formats that support compression)
+  '-u' allows unsafe backing chains: rebase only rewrites the backing file
+    name; create does not open the backing file
+  '-h' with or without a command shows this help and lists the formats
+  '-p' shows progress (commands that support it)
+  '-q' quiet mode: print nothing but errors
+  '-S' is the number of consecutive zero bytes that convert turns into a hole
+    (default 4k); with 0 the target is fully allocated
+  '--output' selects 'human' or 'json' output
+  '-n' skips creating the target (it must exist)
+
+Parameters to check subcommand:
+  '-r' repairs what the check finds: '-r leaks' frees leaked clusters only,
+    '-r all' fixes every kind of error it can
+
+Parameters to convert subcommand:
+  '--bitmaps' copies all top-level persistent bitmaps to the destination
+  '-m' sets how many requests run in parallel (default 8)
+  '-W' allows writes to the target out of order
+
+Parameters to snapshot subcommand:
+  'snapshot' is the name of the snapshot to create, apply or delete
+  '-a' applies a snapshot, '-c' creates one, '-d' deletes one, '-l' lists them
+
+Parameters to compare subcommand:
+  '-f' first image format, '-F' second image format
+  '-s' strict mode: differing sizes or allocation count as differences
+
+Parameters to dd subcommand:
+  'bs=BYTES' block size (default 512), 'count=N' blocks to copy,
+  'if=FILE' input, 'of=FILE' output, 'skip=N' input blocks to skip
+`
+
+// env returns the block environment, creating the default one on first use.
+func (a *App) env() *block.Env {
+	if a.Env == nil {
+		a.Env = &block.Env{Registry: drivers.Registry()}
+	}
+	if a.Env.Stderr == nil {
+		a.Env.Stderr = a.Stderr
+	}
+	if a.Env.Prog == "" {
+		a.Env.Prog = a.Prog
+	}
+	return a.Env
+}
+
+// Global long options of the qemu-img tool.
+const (
+	optUntrusted = 1000 + iota
+	optAllowProtocols
+)
+
+// qemuImg is qemu-img's main: global options, then the command.
+func (a *App) qemuImg(args []string) int {
+	if len(args) < 1 {
+		return a.usageError("Not enough arguments")
+	}
+	argv := append([]string{a.Prog}, args...)
+	g := newGetopt(argv, "+:hVT:", []longOpt{
+		{"help", noArgument, 'h'},
+		{"version", noArgument, 'V'},
+		{"trace", requiredArgument, 'T'},
+		{"untrusted", noArgument, optUntrusted},
+		{"allow-image-protocols", noArgument, optAllowProtocols},
+	})
+	env := a.env()
+	if v := a.getenv("QIMG_UNTRUSTED"); v != "" && v != "0" {
+		env.Policy.Untrusted = true
+	}
+	for {
+		c := g.next()
+		if c == -1 {
+			break
+		}
+		switch c {
+		case ':':
+			return a.usageError("missing argument for option '%s'", g.prev())
+		case '?':
+			return a.usageError("unrecognized option '%s'", g.prev())
+		case 'h':
+			return a.help()
+		case 'V':
+			io.WriteString(a.Stdout, versionText())
+			return 0
+		case 'T':
+			a.traceOption(g.optarg)
+		case optUntrusted:
+			env.Policy.Untrusted = true
+		case optAllowProtocols:
+			env.Policy.AllowProtocols = true
+		}
+	}
+	rest := g.operands()
+	if len(rest) < 1 {
+		return 0
+	}
+	name := rest[0]
+	for _, c := range commands() {
+		if c.name == name {
+			if c.run == nil {
+				a.errorf("Command '%s' is not yet implemented in qimg %s", name, Version)
+				return 1
+			}
+			return c.run(a, rest)
+		}
+	}
+	return a.usageError("Command not found: %s", name)
+}
+
+// traceOption accepts -T/--trace. qimg has no trace events, so, as QEMU
+// does for an event it does not know, a plain event name draws a warning.
+func (a *App) traceOption(spec string) {
+	items, _ := block.SplitOptionList(spec)
+	for i, kv := range items {
+		pattern := ""
+		switch {
+		case kv.Key == "enable":
+			pattern = kv.Value
+		case i == 0 && kv.Value == "on" && !strings.Contains(spec[:min(len(spec), len(kv.Key)+1)], "="):
+			pattern = kv.Key
+		}
+		if pattern != "" && !strings.ContainsAny(pattern, "*?") {
+			a.errorf("warning: trace event '%s' does not exist", pattern)
+		}
+	}
+}

@@ -1,0 +1,59 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"syscall"
+)
+
+// OpenError reports a file that could not be opened, worded as QEMU words it:
+// "Could not open 'name': No such file or directory".
+type OpenError struct {
+	Name string
+	Err  error
+}
+
+func (e *OpenError) Error() string {
+	return fmt.Sprintf("Could not open '%s': %s", e.Name, Strerror(e.Err))
+}
+
+func (e *OpenError) Unwrap() error { return e.Err }
+
+// NotRegularError reports a path the file protocol cannot use, such as a
+// directory.
+type NotRegularError struct {
+	Name string
+}
+
+func (e *NotRegularError) Error() string {
+	return fmt.Sprintf("'file' driver requires '%s' to be a regular file", e.Name)
+}
+
+// Strerror words an error as the C library's strerror does ("No such file or
+// directory"), so messages match QEMU's. Errors that carry no errno keep
+// their own text.
+func Strerror(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		s := errno.Error()
+		if s != "" && s[0] >= 'a' && s[0] <= 'z' {
+			s = string(s[0]-'a'+'A') + s[1:]
+		}
+		return s
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return Strerror(pe.Err)
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return "No such file or directory"
+	}
+	if errors.Is(err, fs.ErrPermission) {
+		return "Permission denied"
+	}
+	return err.Error()
+}
+
+// errNoEnt is the error of a name that does not exist in a MemFS.
+var errNoEnt error = syscall.ENOENT
