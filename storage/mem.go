@@ -22,6 +22,8 @@ type MemFile struct {
 	chunks map[int64][]byte // chunk index -> memChunk bytes
 	syncs  int
 	closed bool
+	// locks models byte-range locks of MemFS handles (see lock.go).
+	locks memLocks
 }
 
 // NewMemFile returns an empty in-memory file.
@@ -331,11 +333,14 @@ func (fs *MemFS) Names() []string {
 	return names
 }
 
-// memHandle is an open handle on a MemFile; it enforces read-only opens and
-// ignores Close so the content stays in the MemFS.
+// memHandle is an open handle on a MemFile; it enforces read-only opens,
+// owns its byte-range locks (lock.go), and on Close only drops its locks, so
+// the content stays in the MemFS.
 type memHandle struct {
 	*MemFile
 	write bool
+	// closed is guarded by MemFile.mu.
+	closed bool
 }
 
 func (h *memHandle) WriteAt(p []byte, off int64) (int, error) {
@@ -365,8 +370,6 @@ func (h *memHandle) ZeroRange(off, n int64) error {
 	}
 	return h.MemFile.ZeroRange(off, n)
 }
-
-func (h *memHandle) Close() error { return nil }
 
 // FileID identifies the MemFile behind a handle.
 func (m *MemFile) FileID() (dev, ino uint64, ok bool) {
