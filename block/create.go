@@ -119,7 +119,7 @@ func (e *Env) Create(p CreateParams) error {
 	switch {
 	case hasBacking && !p.NoOpenBacking:
 		full := CombinePath(p.Filename, backing)
-		b, err := e.Open(full, OpenOptions{Format: backingFmt, ForceShare: true, NoBacking: true})
+		b, err := e.Open(full, OpenOptions{Format: backingFmt, ForceShare: true, NoBacking: true, NoIO: true})
 		if err != nil {
 			return &HintedError{Err: err, Hint: "Could not open backing image."}
 		}
@@ -154,10 +154,11 @@ func (e *Env) Create(p CreateParams) error {
 }
 
 // createFile creates the container, applies the protocol options and lets
-// the driver write the image.
+// the driver write the image. The container (and any data file the driver
+// creates) stays locked against other users while it is written.
 func (e *Env) createFile(drv Creator, name string, size int64, opts *Options) error {
 	existed := e.files().Exists(name)
-	f, err := e.files().Create(name, storage.OpenOptions{})
+	f, err := e.createLocked(name)
 	if err != nil {
 		return err
 	}
@@ -182,7 +183,7 @@ func (e *Env) createFile(drv Creator, name string, size int64, opts *Options) er
 			if err != nil {
 				return nil, err
 			}
-			return e.files().Create(full, storage.OpenOptions{})
+			return e.createLocked(full)
 		},
 	}
 	err = drv.Create(f, req)

@@ -64,8 +64,22 @@ type OpenOptions struct {
 	WriteBacking bool
 	// Cache is the cache mode.
 	Cache CacheMode
-	// ForceShare opens even if another process holds a write lock (-U).
+	// ForceShare opens even if another process holds a write lock (-U);
+	// the image then shares every permission (lock.go). Read-only only.
 	ForceShare bool
+	// Locking is the file.locking option: lock the image's files as QEMU
+	// does (auto, the zero value, and on) or not (off). It applies to the
+	// image's backing chain and the files it names too.
+	Locking LockMode
+	// NoIO opens the image only to look at its metadata, taking no
+	// "consistent read" permission (QEMU's BDRV_O_NO_IO; qemu-img info).
+	NoIO bool
+	// Resize takes the "resize" permission (BDRV_O_RESIZE; qemu-img
+	// resize).
+	Resize bool
+	// NoShare shares only reads with others (BDRV_O_NO_SHARE; the sources
+	// of qemu-img convert).
+	NoShare bool
 	// NoBacking leaves the backing chain closed; unallocated ranges then
 	// read as zeroes.
 	NoBacking bool
@@ -91,19 +105,26 @@ type Node struct {
 	env   *Env
 	cache CacheMode
 	write bool
+	locks *nodeLocks
 }
 
 // Open opens the named image and, unless o.NoBacking, its backing chain.
 func (e *Env) Open(name string, o OpenOptions) (*Node, error) {
-	return e.open(name, o, nil)
+	return e.open(name, o, nil, true)
 }
 
-func (e *Env) open(name string, o OpenOptions, seen []storage.File) (*Node, error) {
+// open opens a named image; top says it is the top of the chain being
+// opened (not a backing file).
+func (e *Env) open(name string, o OpenOptions, seen []storage.File, top bool) (*Node, error) {
 	f, err := e.files().Open(name, storage.OpenOptions{Write: o.Write, Direct: o.Cache.Direct(), NoSync: o.Cache.IgnoreFlush()})
 	if err != nil {
 		return nil, err
 	}
-	n, err := e.OpenFile(f, name, o, seen)
+	open := e.openFile
+	if top {
+		open = e.OpenFile
+	}
+	n, err := open(f, name, o, seen)
 	if err != nil {
 		f.Close()
 		return nil, err
@@ -112,8 +133,23 @@ func (e *Env) open(name string, o OpenOptions, seen []storage.File) (*Node, erro
 }
 
 // OpenFile opens an image stored in an already opened file. On success the
-// Node owns f.
+// Node owns f. The image and its chain are locked as QEMU locks them
+// (lock.go).
 func (e *Env) OpenFile(f storage.File, name string, o OpenOptions, seen []storage.File) (*Node, error) {
+	n, err := e.openFile(f, name, o, seen)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.lockChain(o); err != nil {
+		n.closeAllButFile()
+		return nil, err
+	}
+	return n, nil
+}
+
+// openFile opens an image as OpenFile does, locked as its driver alone
+// needs it (see lock.go); lockChain adds the opener's permissions.
+func (e *Env) openFile(f storage.File, name string, o OpenOptions, seen []storage.File) (*Node, error) {
 	for _, s := range seen {
 		if storage.SameFile(s, f) {
 			return nil, fmt.Errorf("Backing file '%s' creates an infinite loop.", name)
@@ -141,27 +177,45 @@ func (e *Env) OpenFile(f storage.File, name string, o OpenOptions, seen []storag
 		}
 		drv, probed = d, true
 	}
-	dopts, err := e.driverOptions(drv, name, o, probed)
+	if o.ForceShare && o.Write {
+		return nil, errors.New("force-share=on can only be used with read-only images")
+	}
+	locks := newNodeLocks(o)
+	dopts, err := e.driverOptions(drv, name, o, probed, locks)
 	if err != nil {
+		return nil, err
+	}
+	if err := locks.add(f, name, fileUse(drv, dopts)); err != nil {
 		return nil, err
 	}
 	img, err := drv.Open(f, dopts)
 	if err != nil {
+		locks.release()
 		return nil, err
 	}
-	n := &Node{Image: img, Filename: name, Driver: drv, File: f, Probed: probed, env: e, cache: o.Cache, write: o.Write}
+	n := &Node{Image: img, Filename: name, Driver: drv, File: f, Probed: probed, env: e, cache: o.Cache, write: o.Write, locks: locks}
 	if b, ok := img.(Backed); ok && !o.NoBacking {
 		if err := e.openBacking(n, b, o, append(seen, f)); err != nil {
-			img.Close()
+			n.closeAllButFile()
 			return nil, err
 		}
 	}
 	return n, nil
 }
 
+// closeAllButFile undoes an open that failed after the driver opened the
+// image; the caller closes the file.
+func (n *Node) closeAllButFile() {
+	n.Image.Close()
+	n.locks.release()
+	if n.Backing != nil {
+		n.Backing.Close()
+	}
+}
+
 // driverOptions checks the runtime options against the driver's specs and
 // builds what Driver.Open gets.
-func (e *Env) driverOptions(drv Driver, name string, o OpenOptions, probed bool) (*DriverOptions, error) {
+func (e *Env) driverOptions(drv Driver, name string, o OpenOptions, probed bool, locks *nodeLocks) (*DriverOptions, error) {
 	var specs []OptionSpec
 	if s, ok := drv.(OpenSpecser); ok {
 		specs = s.OpenSpecs()
@@ -182,7 +236,7 @@ func (e *Env) driverOptions(drv Driver, name string, o OpenOptions, probed bool)
 		Options:  opts,
 		Env:      e,
 		OpenRelated: func(related string, write bool) (storage.File, error) {
-			return e.OpenRelated(name, related, "file", write, o.Cache)
+			return e.openRelated(name, related, "file", write, o.Cache, locks)
 		},
 		Warn: e.Warn,
 	}, nil
@@ -190,13 +244,37 @@ func (e *Env) driverOptions(drv Driver, name string, o OpenOptions, probed bool)
 
 // OpenRelated opens a file that the image called image names (a data file,
 // an extent), resolving it against the image's directory and checking the
-// Env's policy. what names the kind of file for messages.
+// Env's policy. what names the kind of file for messages. The file is
+// locked as a data file read (or written) by its image until it is closed.
 func (e *Env) OpenRelated(image, named, what string, write bool, cache CacheMode) (storage.File, error) {
+	return e.openRelated(image, named, what, write, cache, nil)
+}
+
+// openRelated opens a file an image names and adds it to the image's locks
+// as a data file, or, without locks, locks it on its own.
+func (e *Env) openRelated(image, named, what string, write bool, cache CacheMode, locks *nodeLocks) (storage.File, error) {
 	full, err := e.Policy.Check(image, named, what)
 	if err != nil {
 		return nil, err
 	}
-	return e.files().Open(full, storage.OpenOptions{Write: write, Direct: cache.Direct(), NoSync: cache.IgnoreFlush()})
+	f, err := e.files().Open(full, storage.OpenOptions{Write: write, Direct: cache.Direct(), NoSync: cache.IgnoreFlush()})
+	if err != nil {
+		return nil, err
+	}
+	opened := OpenOptions{Write: write}
+	own := locks == nil
+	if own {
+		locks = newNodeLocks(opened)
+	}
+	err = locks.add(f, full, FileUse{Role: RoleData})
+	if err == nil && own {
+		err = locks.update(rootPerms(opened))
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 func (e *Env) openBacking(n *Node, b Backed, o OpenOptions, seen []storage.File) error {
@@ -214,8 +292,10 @@ func (e *Env) openBacking(n *Node, b Backed, o OpenOptions, seen []storage.File)
 		WriteBacking: o.WriteBacking,
 		Cache:        o.Cache,
 		ForceShare:   o.ForceShare,
+		Locking:      o.Locking,
+		NoIO:         o.NoIO,
 	}
-	back, err := e.open(full, bo, seen)
+	back, err := e.open(full, bo, seen, false)
 	if err != nil {
 		return fmt.Errorf("Could not open backing file: %w", err)
 	}
@@ -267,6 +347,7 @@ func (n *Node) Flush() error {
 // Close closes the image, its container and its backing chain.
 func (n *Node) Close() error {
 	err := n.Image.Close()
+	n.locks.release()
 	if cerr := n.File.Close(); err == nil {
 		err = cerr
 	}

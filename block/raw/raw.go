@@ -44,6 +44,18 @@ func (*Driver) OpenSpecs() []block.OptionSpec {
 	}
 }
 
+// FileUse tells the block layer's locking how raw uses its file, as QEMU's
+// raw driver does: passed through unchanged, unless the offset or size
+// option makes the image a window of it, and written or resized only when
+// the image's users ask for that.
+func (*Driver) FileUse(o *block.DriverOptions) block.FileUse {
+	role := block.RoleFiltered | block.RolePrimary
+	if o.Options.Uint("offset", 0) != 0 || o.Options.Has("size") {
+		role = block.RoleData | block.RolePrimary
+	}
+	return block.FileUse{Role: role, WriteOnRequest: true}
+}
+
 // sectorSize is the unit raw sizes are rounded to.
 const sectorSize = 512
 

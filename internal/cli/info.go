@@ -277,7 +277,7 @@ func (a *App) collectInfoList(filename, format string, imageOpts, chain, forceSh
 			return nil, false
 		}
 		seen[filename] = true
-		n, ok := a.openImage(filename, openSpec{imageOpts: imageOpts, format: format, forceShare: forceShare, noBacking: true})
+		n, ok := a.openImage(filename, openSpec{imageOpts: imageOpts, format: format, forceShare: forceShare, noBacking: true, noIO: true})
 		if !ok {
 			return nil, false
 		}

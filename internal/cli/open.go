@@ -19,6 +19,8 @@ type openSpec struct {
 	cache      block.CacheMode
 	write      bool
 	noBacking  bool
+	// noIO opens for metadata only (info).
+	noIO bool
 	// writeBacking opens the chain read-write (commit).
 	writeBacking bool
 }
@@ -34,6 +36,7 @@ func (a *App) openImage(filename string, s openSpec) (*block.Node, bool) {
 		Cache:        s.cache,
 		ForceShare:   s.forceShare,
 		NoBacking:    s.noBacking,
+		NoIO:         s.noIO,
 	}
 	if s.imageOpts {
 		if s.format != "" {
@@ -78,7 +81,13 @@ func applyImageOpts(spec string, o *block.OpenOptions) (string, error) {
 			if kv.Value != "file" && kv.Value != "host_device" {
 				return "", fmt.Errorf("Unknown protocol '%s'", kv.Value)
 			}
-		case "file.locking", "file.aio", "aio", "discard", "detect-zeroes", "file.aio-max-batch":
+		case "file.locking":
+			m, err := block.ParseLockMode(kv.Value)
+			if err != nil {
+				return "", fmt.Errorf("Could not open '%s': %w", spec, err)
+			}
+			o.Locking = m
+		case "file.aio", "aio", "discard", "detect-zeroes", "file.aio-max-batch":
 			// Accepted; qimg's I/O does not vary with them.
 		case "cache.direct":
 			b, ok := block.ParseBool(kv.Value)
