@@ -7,18 +7,41 @@ import (
 	"syscall"
 )
 
-// OpenError reports a file that could not be opened, worded as QEMU words it:
-// "Could not open 'name': No such file or directory".
+// OpenError reports a file that could not be opened or created, worded as
+// QEMU words it: "Could not open 'name': No such file or directory", or
+// "Could not create 'name': Is a directory".
 type OpenError struct {
 	Name string
 	Err  error
+	// Create is set when the file was being created.
+	Create bool
 }
 
 func (e *OpenError) Error() string {
-	return fmt.Sprintf("Could not open '%s': %s", e.Name, Strerror(e.Err))
+	action := "open"
+	if e.Create {
+		action = "create"
+	}
+	return fmt.Sprintf("Could not %s '%s': %s", action, e.Name, Strerror(e.Err))
 }
 
 func (e *OpenError) Unwrap() error { return e.Err }
+
+// SysError is a failed system operation, worded as QEMU's
+// error_setg_errno words it: "Could not resize file: File too large". It
+// keeps the underlying error (usually a syscall.Errno) for errors.Is.
+type SysError struct {
+	// Op says what failed ("Could not resize file").
+	Op  string
+	Err error
+}
+
+func (e *SysError) Error() string { return e.Op + ": " + Strerror(e.Err) }
+
+func (e *SysError) Unwrap() error { return e.Err }
+
+// ErrNoFilename is the error of opening a file with an empty name.
+var ErrNoFilename = errors.New("The 'file' block driver requires a file name")
 
 // NotRegularError reports a path the file protocol cannot use, such as a
 // directory.

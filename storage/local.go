@@ -55,21 +55,28 @@ func OpenLocal(name string, o LocalOptions) (*LocalFile, error) {
 	if o.Direct {
 		flags |= unix.O_DIRECT
 	}
+	if name == "" && !o.Create {
+		return nil, ErrNoFilename
+	}
 	f, err := os.OpenFile(name, flags|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		var pe *os.PathError
 		if errors.As(err, &pe) && pe.Err == unix.EINVAL && o.Direct {
-			return nil, &OpenError{Name: name, Err: errors.New("filesystem does not support O_DIRECT")}
+			// As QEMU does, tell a file system without O_DIRECT
+			// from other invalid opens by trying without it.
+			g, err2 := os.OpenFile(name, (flags&^unix.O_DIRECT)|unix.O_CLOEXEC, 0o644)
+			if err2 != nil {
+				return nil, &OpenError{Name: name, Err: err2, Create: o.Create}
+			}
+			g.Close()
+			return nil, &OpenError{Name: name, Err: errors.New("filesystem does not support O_DIRECT"), Create: o.Create}
 		}
-		if errors.As(err, &pe) && pe.Err == unix.EROFS {
-			err = unix.EACCES
-		}
-		return nil, &OpenError{Name: name, Err: err}
+		return nil, &OpenError{Name: name, Err: err, Create: o.Create}
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("Could not stat file: %s", Strerror(err))
+		return nil, &SysError{Op: "Could not stat file", Err: err}
 	}
 	lf := &LocalFile{f: f, name: name, write: flags&os.O_RDWR != 0, direct: o.Direct, noSync: o.NoSync}
 	switch st.Mode & unix.S_IFMT {
@@ -83,7 +90,7 @@ func OpenLocal(name string, o LocalOptions) (*LocalFile, error) {
 	if o.Create && !lf.device {
 		if err := f.Truncate(0); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("Could not resize file: %s", Strerror(err))
+			return nil, &SysError{Op: "Could not resize file", Err: err}
 		}
 	}
 	return lf, nil

@@ -371,6 +371,13 @@ func (h *memHandle) ZeroRange(off, n int64) error {
 	return h.MemFile.ZeroRange(off, n)
 }
 
+func (h *memHandle) Preallocate(off, n int64) error {
+	if !h.write {
+		return ErrReadOnly
+	}
+	return h.MemFile.Preallocate(off, n)
+}
+
 // FileID identifies the MemFile behind a handle.
 func (m *MemFile) FileID() (dev, ino uint64, ok bool) {
 	return 0, uint64(uintptr(unsafe.Pointer(m))), true

@@ -24,7 +24,7 @@ const firstBlock = 4096
 func Truncate(f File, size int64, prealloc string) error {
 	cur, err := f.Size()
 	if err != nil {
-		return fmt.Errorf("Could not stat file: %s", Strerror(err))
+		return &SysError{Op: "Could not stat file", Err: err}
 	}
 	if prealloc == "" {
 		prealloc = preallocOff
@@ -35,7 +35,7 @@ func Truncate(f File, size int64, prealloc string) error {
 	switch prealloc {
 	case preallocOff:
 		if err := f.Truncate(size); err != nil {
-			return fmt.Errorf("Could not resize file: %s", Strerror(err))
+			return &SysError{Op: "Could not resize file", Err: err}
 		}
 		if cur == 0 && size > 0 {
 			allocateFirstBlock(f, size)
@@ -55,7 +55,7 @@ func Truncate(f File, size int64, prealloc string) error {
 		}
 		if err != nil {
 			_ = f.Truncate(cur)
-			return fmt.Errorf("Could not preallocate new data: %s", Strerror(err))
+			return &SysError{Op: "Could not preallocate new data", Err: err}
 		}
 		if cur == 0 {
 			allocateFirstBlock(f, size)
@@ -63,15 +63,15 @@ func Truncate(f File, size int64, prealloc string) error {
 		return nil
 	case preallocFull:
 		if err := f.Truncate(size); err != nil {
-			return fmt.Errorf("Could not resize file: %s", Strerror(err))
+			return &SysError{Op: "Could not resize file", Err: err}
 		}
 		if err := WriteZeroBytes(f, cur, size-cur); err != nil {
 			_ = f.Truncate(cur)
-			return fmt.Errorf("Could not write zeros for preallocation: %s", Strerror(err))
+			return &SysError{Op: "Could not write zeros for preallocation", Err: err}
 		}
 		if err := f.Sync(); err != nil {
 			_ = f.Truncate(cur)
-			return fmt.Errorf("Could not flush file to disk: %s", Strerror(err))
+			return &SysError{Op: "Could not flush file to disk", Err: err}
 		}
 		return nil
 	}
