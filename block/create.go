@@ -3,6 +3,8 @@ package block
 import (
 	"errors"
 	"fmt"
+	"math"
+	"syscall"
 
 	"github.com/qimg/qimg/storage"
 )
@@ -143,7 +145,7 @@ func (e *Env) Create(p CreateParams) error {
 		p.Announce(opts)
 	}
 	err = e.createFile(drv, p.Filename, size, opts)
-	if errors.Is(err, ErrTooBig) {
+	if errors.Is(err, ErrTooBig) || errors.Is(err, syscall.EFBIG) {
 		hint := ""
 		if opts.Uint("cluster_size", 0) != 0 {
 			hint = " (try using a larger cluster size)"
@@ -157,6 +159,9 @@ func (e *Env) Create(p CreateParams) error {
 // the driver write the image. The container (and any data file the driver
 // creates) stays locked against other users while it is written.
 func (e *Env) createFile(drv Creator, name string, size int64, opts *Options) error {
+	if opts.Uint("extent_size_hint", 0) > math.MaxUint32 {
+		return errors.New("Extent size hint is too large")
+	}
 	existed := e.files().Exists(name)
 	f, err := e.createLocked(name)
 	if err != nil {
