@@ -23,6 +23,11 @@ type diffCase struct {
 	files []string
 	// infoOf must give the same `qemu-img info --output=json`.
 	infoOf []string
+	// mapOf must give the same `qemu-img map --output=json`.
+	mapOf []string
+	// compareOf must have the same content (`qemu-img compare`), and
+	// checkOf must pass `qemu-img check`, in qimg's directory.
+	compareOf, checkOf []string
 }
 
 func runDiffCases(t *testing.T, cases []diffCase) {
@@ -66,6 +71,23 @@ func runDiffCases(t *testing.T, cases []diffCase) {
 				b := oracle.QemuImgIn(t, theirs, "info", "--output=json", f)
 				if a.Code != 0 || a.Stdout != b.Stdout {
 					t.Errorf("info of %s differs\nqimg's file: %s\nqemu-img's file: %s", f, a, b)
+				}
+			}
+			for _, f := range tc.mapOf {
+				a := oracle.QemuImgIn(t, ours, "map", "--output=json", f)
+				b := oracle.QemuImgIn(t, theirs, "map", "--output=json", f)
+				if a.Code != 0 || a.Stdout != b.Stdout {
+					t.Errorf("map of %s differs\nqimg's file: %s\nqemu-img's file: %s", f, a, b)
+				}
+			}
+			for _, f := range tc.compareOf {
+				if r := oracle.QemuImg(t, "compare", filepath.Join(ours, f), filepath.Join(theirs, f)); r.Code != 0 {
+					t.Errorf("content of %s differs: %s", f, r)
+				}
+			}
+			for _, f := range tc.checkOf {
+				if r := oracle.QemuImgIn(t, ours, "check", f); r.Code != 0 {
+					t.Errorf("qemu-img check %s: %s", f, r)
 				}
 			}
 		})

@@ -21,6 +21,8 @@ type openSpec struct {
 	noBacking  bool
 	// noIO opens for metadata only (info).
 	noIO bool
+	// noShare shares only reads with other users (convert's sources).
+	noShare bool
 	// writeBacking opens the chain read-write (commit).
 	writeBacking bool
 }
@@ -37,6 +39,7 @@ func (a *App) openImage(filename string, s openSpec) (*block.Node, bool) {
 		ForceShare:   s.forceShare,
 		NoBacking:    s.noBacking,
 		NoIO:         s.noIO,
+		NoShare:      s.noShare,
 	}
 	if s.imageOpts {
 		if s.format != "" {
