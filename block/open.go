@@ -200,6 +200,10 @@ func (e *Env) openFile(f storage.File, name string, o OpenOptions, seen []storag
 			return nil, err
 		}
 	}
+	if err := unknownOption(drv, o); err != nil {
+		n.closeAllButFile()
+		return nil, err
+	}
 	return n, nil
 }
 
@@ -213,8 +217,24 @@ func (n *Node) closeAllButFile() {
 	}
 }
 
-// driverOptions checks the runtime options against the driver's specs and
-// builds what Driver.Open gets.
+// unknownOption reports the first runtime option the driver does not have.
+// As in QEMU, this comes after the image and its chain are open (and
+// locked), so a lock conflict is reported first.
+func unknownOption(drv Driver, o OpenOptions) error {
+	var specs []OptionSpec
+	if s, ok := drv.(OpenSpecser); ok {
+		specs = s.OpenSpecs()
+	}
+	for _, k := range sortedKeys(o.DriverOptions) {
+		if findSpec(specs, k) == nil {
+			return fmt.Errorf("Block format '%s' does not support the option '%s'", drv.Name(), k)
+		}
+	}
+	return nil
+}
+
+// driverOptions checks the values of the runtime options the driver has
+// and builds what Driver.Open gets.
 func (e *Env) driverOptions(drv Driver, name string, o OpenOptions, probed bool, locks *nodeLocks) (*DriverOptions, error) {
 	var specs []OptionSpec
 	if s, ok := drv.(OpenSpecser); ok {
@@ -223,7 +243,7 @@ func (e *Env) driverOptions(drv Driver, name string, o OpenOptions, probed bool,
 	opts := NewOptions(specs)
 	for _, k := range sortedKeys(o.DriverOptions) {
 		if findSpec(specs, k) == nil {
-			return nil, fmt.Errorf("Block format '%s' does not support the option '%s'", drv.Name(), k)
+			continue // unknownOption reports it once the image is open
 		}
 		if err := opts.Set(k, o.DriverOptions[k]); err != nil {
 			return nil, err
