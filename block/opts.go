@@ -328,7 +328,7 @@ func (o *Options) Names() []string {
 
 // Print formats the options as QEMU's "Formatting" line lists them: every
 // spec that has a value or a default, in spec order, sizes and numbers that
-// were set printed as numbers, strings with commas doubled.
+// were set printed as signed decimal numbers, strings with commas doubled.
 func (o *Options) Print() string {
 	var parts []string
 	for _, s := range o.specs {
@@ -346,7 +346,9 @@ func (o *Options) Print() string {
 		case s.Type == OptString:
 			value = strings.ReplaceAll(value, ",", ",,")
 		case (s.Type == OptSize || s.Type == OptNumber) && v != nil:
-			value = fmt.Sprint(v.num)
+			// QEMU prints them with PRId64: 2^63 and above come out
+			// negative.
+			value = fmt.Sprint(int64(v.num))
 		}
 		parts = append(parts, s.Name+"="+value)
 	}

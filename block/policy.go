@@ -37,23 +37,33 @@ func IsAbsolute(name string) bool {
 }
 
 // CombinePath resolves a name recorded in an image against the image's own
-// name, as QEMU's path_combine does: an absolute name stays as it is; a
-// relative one is appended to the directory part of base (no cleaning).
+// name, as QEMU's bdrv_get_full_backing_filename_from_filename does: an
+// absolute or protocol name stays as it is; a relative one is appended, as
+// path_combine appends it, to the directory part of base (no cleaning),
+// where a protocol prefix of base ("nbd:") counts as a directory.
 func CombinePath(base, name string) string {
 	if IsAbsolute(name) {
 		return name
 	}
-	if i := strings.LastIndexByte(base, '/'); i >= 0 {
-		return base[:i+1] + name
+	dir := 0
+	if HasProtocol(base) {
+		dir = strings.IndexByte(base, ':') + 1
 	}
-	return name
+	if i := strings.LastIndexByte(base, '/'); i+1 > dir {
+		dir = i + 1
+	}
+	return base[:dir] + name
 }
 
 // Check decides whether the image named image may open the file it names as
 // named. It returns the path to open.
 func (p Policy) Check(image, named, what string) (string, error) {
 	if HasProtocol(named) {
-		if p.Untrusted || !p.AllowProtocols {
+		if p.Untrusted {
+			return "", fmt.Errorf("%s '%s' is a protocol or json: name, which untrusted mode does not open: %w",
+				what, named, ErrNotAllowed)
+		}
+		if !p.AllowProtocols {
 			return "", fmt.Errorf("%s '%s' is a protocol or json: name, which is not opened unless %s is given: %w",
 				what, named, AllowProtocolsOption, ErrNotAllowed)
 		}
