@@ -248,34 +248,35 @@ func hasOption(opts, name string) bool {
 // handles holding a shared lock on it.
 type memLocks map[int64]map[*memHandle]struct{}
 
-// LockByte takes a shared lock on the byte at off for this handle.
-func (h *memHandle) LockByte(off int64) error {
+// withLocks runs fn on the handle's file with its lock table held for
+// writing, unless the handle is closed.
+func (h *memHandle) withLocks(fn func(m *MemFile)) error {
 	m := h.MemFile
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if h.closed {
 		return os.ErrClosed
 	}
-	if m.locks == nil {
-		m.locks = memLocks{}
-	}
-	if m.locks[off] == nil {
-		m.locks[off] = map[*memHandle]struct{}{}
-	}
-	m.locks[off][h] = struct{}{}
+	fn(m)
 	return nil
+}
+
+// LockByte takes a shared lock on the byte at off for this handle.
+func (h *memHandle) LockByte(off int64) error {
+	return h.withLocks(func(m *MemFile) {
+		if m.locks == nil {
+			m.locks = memLocks{}
+		}
+		if m.locks[off] == nil {
+			m.locks[off] = map[*memHandle]struct{}{}
+		}
+		m.locks[off][h] = struct{}{}
+	})
 }
 
 // UnlockByte releases this handle's lock on the byte at off.
 func (h *memHandle) UnlockByte(off int64) error {
-	m := h.MemFile
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if h.closed {
-		return os.ErrClosed
-	}
-	m.unlockLocked(h, off)
-	return nil
+	return h.withLocks(func(m *MemFile) { m.unlockLocked(h, off) })
 }
 
 // ByteLocked reports whether another handle on the same MemFile holds a

@@ -113,15 +113,7 @@ func TestByteLocks(t *testing.T) {
 // other programs see: an exclusive lock taken directly with fcntl blocks
 // LockByte, and a LockByte lock is seen by a plain F_OFD_GETLK.
 func TestByteLocksSeeForeignLocks(t *testing.T) {
-	name := filepath.Join(t.TempDir(), "img")
-	if err := os.WriteFile(name, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	l, err := OpenLocal(name, LocalOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l, name := openTempLocal(t)
 	other, err := os.OpenFile(name, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -182,7 +174,9 @@ func TestOFDLocksAvailable(t *testing.T) {
 	}
 }
 
-func TestLockFSLocal(t *testing.T) {
+// openTempLocal opens a new empty host file, closed when the test ends.
+func openTempLocal(t *testing.T) (*LocalFile, string) {
+	t.Helper()
 	name := filepath.Join(t.TempDir(), "img")
 	if err := os.WriteFile(name, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -191,7 +185,12 @@ func TestLockFSLocal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	t.Cleanup(func() { l.Close() })
+	return l, name
+}
+
+func TestLockFSLocal(t *testing.T) {
+	l, name := openTempLocal(t)
 	var sfs unix.Statfs_t
 	if err := unix.Statfs(name, &sfs); err != nil {
 		t.Fatal(err)
