@@ -34,14 +34,15 @@ func LockedBytes(t testing.TB, file string) []int64 {
 
 // parseProcLocks reads /proc/locks lines such as
 // "1: OFDLCK ADVISORY  READ -1 fe:00:9979780 203 203" (major and minor in
-// hex, the inode in decimal, then the first and last byte).
+// hex, the inode in decimal, then the first and last byte). Lines of
+// blocked waiters ("6: -> OFDLCK ...") hold nothing and are skipped.
 func parseProcLocks(text []byte, major, minor uint32, ino uint64) []int64 {
 	id := fmt.Sprintf("%02x:%02x:%d", major, minor, ino)
 	var out []int64
 	sc := bufio.NewScanner(bytes.NewReader(text))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) < 8 || f[0] == "->" {
+		if len(f) < 8 || f[1] == "->" {
 			continue
 		}
 		if f[len(f)-3] != id {
