@@ -41,6 +41,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 )
 
@@ -863,21 +864,64 @@ type snapshot struct {
 	UnknownExtraData []byte
 }
 
-// parseSnapshotTable decodes n snapshot table entries from b, which holds
-// the table from its first byte (and possibly more). virtualSize is the disk
-// size entries without the disk size field take. It returns the table's
-// length in bytes. Errors are worded as QEMU's qcow2_read_snapshots.
-func parseSnapshotTable(b []byte, n int, virtualSize uint64) ([]snapshot, int, error) {
+// snapshotSource reads bytes of a snapshot table, at offsets relative to
+// its start.
+type snapshotSource interface {
+	readAt(p []byte, off int64) error
+}
+
+// bytesSource is a snapshot table held in memory.
+type bytesSource []byte
+
+func (b bytesSource) readAt(p []byte, off int64) error {
+	if off < 0 || off+int64(len(p)) > int64(len(b)) {
+		return errSnapshotRead
+	}
+	copy(p, b[off:])
+	return nil
+}
+
+// snapshotReader reads a snapshot table from a file.
+type snapshotReader struct {
+	f    io.ReaderAt
+	base int64
+}
+
+func (r *snapshotReader) readAt(p []byte, off int64) error {
+	if err := readExact(r.f, p, r.base+off); err != nil {
+		return errSnapshotRead
+	}
+	return nil
+}
+
+// readExact reads len(p) bytes at off; a short read is an error.
+func readExact(f io.ReaderAt, p []byte, off int64) error {
+	n, err := f.ReadAt(p, off)
+	if n == len(p) {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+var errSnapshotRead = errors.New("Failed to read snapshot table: Input/output error")
+
+// decodeSnapshots decodes n snapshot table entries. virtualSize is the disk
+// size of entries without the disk size field. It returns the table's length
+// in bytes. Errors are worded as QEMU's qcow2_read_snapshots. Each entry is
+// read on its own, so memory stays bounded by the table size limit.
+func decodeSnapshots(src snapshotSource, n int, virtualSize uint64) ([]snapshot, int, error) {
 	var out []snapshot
 	off := 0
 	be := binary.BigEndian
-	short := errors.New("Failed to read snapshot table: Input/output error")
+	var h [snapshotHeaderSize]byte
 	for i := 0; i < n; i++ {
 		off = (off + 7) &^ 7
-		if off+snapshotHeaderSize > len(b) {
-			return nil, 0, short
+		if err := src.readAt(h[:], int64(off)); err != nil {
+			return nil, 0, err
 		}
-		h := b[off:]
 		sn := snapshot{
 			L1TableOffset: be.Uint64(h[0:]),
 			L1Size:        be.Uint32(h[8:]),
@@ -897,10 +941,11 @@ func parseSnapshotTable(b []byte, n int, virtualSize uint64) ([]snapshot, int, e
 			}
 		}
 		extra := int(sn.ExtraDataSize)
-		if off+extra+idSize+nameSize > len(b) {
-			return nil, 0, short
+		rest := make([]byte, extra+idSize+nameSize)
+		if err := src.readAt(rest, int64(off)); err != nil {
+			return nil, 0, err
 		}
-		e := b[off : off+extra]
+		e := rest[:extra]
 		if extra >= 8 {
 			sn.VMStateSize = be.Uint64(e[0:])
 		}
@@ -917,11 +962,9 @@ func parseSnapshotTable(b []byte, n int, virtualSize uint64) ([]snapshot, int, e
 		if extra > snapshotExtraSize {
 			sn.UnknownExtraData = append([]byte(nil), e[snapshotExtraSize:]...)
 		}
-		off += extra
-		sn.ID = string(b[off : off+idSize])
-		off += idSize
-		sn.Name = string(b[off : off+nameSize])
-		off += nameSize
+		sn.ID = string(rest[extra : extra+idSize])
+		sn.Name = string(rest[extra+idSize:])
+		off += len(rest)
 		if off > maxSnapshotsBytes {
 			return nil, 0, &hintError{
 				msg:  "Snapshot table is too big",

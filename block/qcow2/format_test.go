@@ -330,14 +330,14 @@ func TestParseSnapshotTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sns, _, err := parseSnapshotTable(img[h.SnapshotsOffset:], int(h.NbSnapshots), h.Size)
+	sns, _, err := decodeSnapshots(bytesSource(img[h.SnapshotsOffset:]), int(h.NbSnapshots), h.Size)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(sns) != 2 || sns[0].ID != "1" || sns[0].Name != "first" || sns[1].Name != "second" || sns[1].DiskSize != 16384 {
 		t.Fatalf("snapshots %+v", sns)
 	}
-	if _, _, err := parseSnapshotTable(img[h.SnapshotsOffset:h.SnapshotsOffset+50], 2, h.Size); err == nil {
+	if _, _, err := decodeSnapshots(bytesSource(img[h.SnapshotsOffset:h.SnapshotsOffset+50]), 2, h.Size); err == nil {
 		t.Fatal("truncated table accepted")
 	}
 }

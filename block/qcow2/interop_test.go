@@ -1,0 +1,184 @@
+package qcow2
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qimg/qimg/block"
+	"github.com/qimg/qimg/block/raw"
+	"github.com/qimg/qimg/internal/oracle"
+)
+
+// hostEnv returns an environment over host files.
+func hostEnv() *block.Env {
+	return &block.Env{Registry: block.NewRegistry(New(), raw.New())}
+}
+
+// readAll reads a whole image with qimg.
+func readAll(t testing.TB, env *block.Env, path string) []byte {
+	t.Helper()
+	n, err := env.Open(path, block.OpenOptions{})
+	if err != nil {
+		t.Fatalf("open %s: %v", path, err)
+	}
+	defer n.Close()
+	b := make([]byte, n.Size())
+	const chunk = 1<<20 + 4096 + 17 // odd, to cross boundaries
+	for off := int64(0); off < int64(len(b)); off += chunk {
+		end := min(off+chunk, int64(len(b)))
+		if _, err := n.ReadAt(b[off:end], off); err != nil {
+			t.Fatalf("read %s at %d: %v", path, off, err)
+		}
+	}
+	return b
+}
+
+// qemuWrites is a set of qemu-io commands exercising every kind of cluster
+// for a cluster size.
+func qemuWrites(cs int, compressed bool) []string {
+	cmds := []string{
+		fmt.Sprintf("write -P 0x11 0 %d", cs/2),
+		fmt.Sprintf("write -P 0x22 %d %d", cs+cs/4, 3*cs),
+		fmt.Sprintf("write -z %d %d", 2*cs, cs),
+		fmt.Sprintf("write -P 0x33 %d 1000", 10*cs+100),
+		fmt.Sprintf("discard %d %d", 3*cs, cs),
+		"write -P 0x44 1M 64k",
+		"write -z 1M 4k",
+	}
+	if compressed {
+		cmds = append(cmds,
+			fmt.Sprintf("write -c -P 0x55 %d %d", 20*cs, cs),
+			fmt.Sprintf("write -c -P 0x56 %d %d", 21*cs, cs))
+	}
+	return cmds
+}
+
+// TestInteropReadQEMUImages has QEMU write images with every option
+// combination and expects qimg to read what QEMU reads.
+func TestInteropReadQEMUImages(t *testing.T) {
+	oracle.QemuIOPath(t)
+	type tc struct {
+		name, opts string
+		cs         int
+		compressed bool
+		backing    bool
+		snapshot   bool
+	}
+	var cases []tc
+	for _, cs := range []int{512, 4096, 65536, 2 << 20} {
+		cases = append(cases,
+			tc{name: fmt.Sprintf("v3-%d", cs), opts: fmt.Sprintf("cluster_size=%d", cs), cs: cs, compressed: true},
+			tc{name: fmt.Sprintf("v2-%d", cs), opts: fmt.Sprintf("cluster_size=%d,compat=0.10", cs), cs: cs, compressed: true, backing: true},
+			tc{name: fmt.Sprintf("zstd-%d", cs), opts: fmt.Sprintf("cluster_size=%d,compression_type=zstd", cs), cs: cs, compressed: true},
+		)
+		if cs >= 16384 {
+			cases = append(cases, tc{name: fmt.Sprintf("extl2-%d", cs), opts: fmt.Sprintf("cluster_size=%d,extended_l2=on", cs), cs: cs, compressed: true, backing: true})
+		}
+	}
+	for _, bits := range []int{1, 2, 4, 8, 32, 64} {
+		cases = append(cases, tc{name: fmt.Sprintf("refcount%d", bits), opts: fmt.Sprintf("cluster_size=4096,refcount_bits=%d", bits), cs: 4096})
+	}
+	cases = append(cases,
+		tc{name: "backing", opts: "cluster_size=4096", cs: 4096, backing: true, compressed: true},
+		tc{name: "snapshots", opts: "cluster_size=4096", cs: 4096, snapshot: true},
+		tc{name: "lazy", opts: "lazy_refcounts=on", cs: 65536},
+		tc{name: "datafile", opts: "data_file=data.raw", cs: 65536},
+		tc{name: "datafile-raw", opts: "data_file=data.raw,data_file_raw=on", cs: 65536},
+		tc{name: "prealloc-metadata", opts: "preallocation=metadata,cluster_size=4096", cs: 4096},
+		tc{name: "prealloc-falloc", opts: "preallocation=falloc", cs: 65536},
+	)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			if testing.Short() && c.cs > 65536 {
+				t.Skip("large clusters in -short")
+			}
+			dir := t.TempDir()
+			img := filepath.Join(dir, "img.qcow2")
+			args := []string{"create", "-q", "-f", "qcow2", "-o", c.opts}
+			if c.backing {
+				base := filepath.Join(dir, "base.qcow2")
+				oracle.MustQemuImg(t, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", base, "3M")
+				oracle.MustQemuIO(t, "-f", "qcow2", "-c", "write -P 0x99 0 3M", base)
+				args = append(args, "-b", "base.qcow2", "-F", "qcow2")
+			}
+			if strings.Contains(c.opts, "data_file=") {
+				args[5] = strings.Replace(c.opts, "data.raw", filepath.Join(dir, "data.raw"), 1)
+			}
+			oracle.MustQemuImg(t, append(args, img, fmt.Sprint(max(4<<20, 24*c.cs)))...)
+			ioArgs := []string{"-f", "qcow2"}
+			if c.snapshot {
+				oracle.MustQemuIO(t, "-f", "qcow2", "-c", "write -P 0x77 0 64k", img)
+				oracle.MustQemuImg(t, "snapshot", "-c", "snap1", img)
+			}
+			compressed := c.compressed && !strings.Contains(c.opts, "data_file")
+			for _, cmd := range qemuWrites(c.cs, compressed) {
+				ioArgs = append(ioArgs, "-c", cmd)
+			}
+			oracle.MustQemuIO(t, append(ioArgs, img)...)
+			want := oracle.ConvertToRaw(t, img, "qcow2")
+			got := readAll(t, hostEnv(), img)
+			if !bytes.Equal(got, want) {
+				for j := range got {
+					if got[j] != want[j] {
+						t.Fatalf("content differs at %d: %#x, QEMU %#x", j, got[j], want[j])
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestInteropHostileHeaderMessages compares open errors with qemu-img's.
+func TestInteropHostileHeaderMessages(t *testing.T) {
+	oracle.QemuImgPath(t)
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.qcow2")
+	oracle.MustQemuImg(t, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", base, "1M")
+	orig, err := os.ReadFile(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := func(b []byte, off int, v uint64, n int) {
+		for k := 0; k < n; k++ {
+			b[off+k] = byte(v >> (8 * (n - 1 - k)))
+		}
+	}
+	mods := map[string]func(b []byte){
+		"version":        func(b []byte) { be(b, 4, 5, 4) },
+		"cluster bits":   func(b []byte) { be(b, 20, 30, 4) },
+		"header length":  func(b []byte) { be(b, 100, 90, 4) },
+		"refcount order": func(b []byte) { be(b, 96, 9, 4) },
+		"l1 size":        func(b []byte) { be(b, 36, 1<<25, 4) },
+		"l1 offset":      func(b []byte) { be(b, 40, 4097, 8) },
+		"reftable":       func(b []byte) { be(b, 56, 0, 4) },
+		"snapshots":      func(b []byte) { be(b, 60, 1<<20, 4) },
+		"incompatible":   func(b []byte) { be(b, 72, 1<<33|1<<5, 8) },
+		"compression":    func(b []byte) { b[104] = 7 },
+		"backing offset": func(b []byte) { be(b, 8, 5000, 8) },
+		"extension":      func(b []byte) { be(b, 112, 0x1234, 4); be(b, 116, 99999, 4) },
+	}
+	for name, mod := range mods {
+		t.Run(name, func(t *testing.T) {
+			b := append([]byte(nil), orig...)
+			mod(b)
+			p := filepath.Join(t.TempDir(), "x.qcow2")
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			r := oracle.QemuImg(t, "info", p)
+			if r.Code == 0 {
+				t.Skip("QEMU opens it")
+			}
+			want := strings.TrimPrefix(strings.TrimSpace(r.Stderr), "qemu-img: Could not open '"+p+"': ")
+			_, err := hostEnv().Open(p, block.OpenOptions{})
+			if err == nil || err.Error() != want {
+				t.Fatalf("error %v, QEMU %q", err, want)
+			}
+		})
+	}
+}

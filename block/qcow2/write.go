@@ -1,0 +1,460 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/qimg/qimg/block"
+	"github.com/qimg/qimg/storage"
+)
+
+var (
+	errReadOnly     = block.ErrReadOnly
+	errNotSupported = block.ErrUnsupported
+)
+
+// openForWriting prepares an image opened read-write: it repairs the
+// refcounts of a dirty image (lazy refcounts), clears unknown autoclear
+// bits, and marks persistent bitmaps in use (qimg does not track writes in
+// them, so QEMU will treat them as inconsistent).
+func (i *Image) openForWriting() error {
+	n, err := i.data.Size()
+	if err != nil {
+		return err
+	}
+	atomic.StoreInt64(&i.knownEnd, n)
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	update := i.ext.BitmapsInconsistent
+	if i.autoclear&^autoclearMask != 0 {
+		i.autoclear &= autoclearMask
+		update = true
+	}
+	if err := i.markBitmapsInUse(); err != nil {
+		return fmt.Errorf("Can't update bitmap directory: %s", storage.Strerror(err))
+	}
+	if update {
+		if err := i.updateHeader(); err != nil {
+			return fmt.Errorf("Could not update qcow2 header: %s", storage.Strerror(err))
+		}
+	}
+	if i.incompat&incompatDirty != 0 {
+		if err := i.repairRefcounts(); err != nil {
+			return fmt.Errorf("Could not repair dirty image: %s", storage.Strerror(err))
+		}
+	}
+	return nil
+}
+
+// markBitmapsInUse sets the in-use flag of every persistent bitmap, in
+// place, as QEMU does when it opens an image for writing.
+func (i *Image) markBitmapsInUse() error {
+	if len(i.bitmaps) == 0 || i.autoclear&autoclearBitmaps == 0 {
+		return nil
+	}
+	bm := i.ext.Bitmaps
+	dir := make([]byte, bm.DirectorySize)
+	if err := storage.ReadFull(i.f, dir, int64(bm.DirectoryOffset)); err != nil {
+		return err
+	}
+	changed := false
+	for k := range i.bitmaps {
+		e := &i.bitmaps[k]
+		if e.Flags&bmeFlagInUse == 0 {
+			e.Flags |= bmeFlagInUse
+			binary.BigEndian.PutUint32(dir[e.offset+12:], e.Flags)
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	return i.writeSync(dir, int64(bm.DirectoryOffset))
+}
+
+// raiseKnownEnd records that the data file may hold data up to end.
+func (i *Image) raiseKnownEnd(end int64) {
+	for {
+		cur := atomic.LoadInt64(&i.knownEnd)
+		if end <= cur || atomic.CompareAndSwapInt64(&i.knownEnd, cur, end) {
+			return
+		}
+	}
+}
+
+// writeData writes guest data (or COW data) to the data file.
+func (i *Image) writeData(p []byte, host int64) error {
+	i.raiseKnownEnd(host + int64(len(p)))
+	_, err := i.data.WriteAt(p, host)
+	return err
+}
+
+// checkWritable returns why the image cannot be written, if it cannot.
+func (i *Image) checkWritable() error {
+	if !i.write {
+		return errReadOnly
+	}
+	if i.broken != nil {
+		return i.broken
+	}
+	return nil
+}
+
+// WriteAt writes guest bytes. Clusters are allocated (contiguously for a
+// large write) under the metadata lock; the data is written outside it, and
+// the L2 entries pointing to new clusters are updated afterwards, so that
+// concurrent writers to different clusters proceed in parallel.
+func (i *Image) WriteAt(p []byte, off int64) (int, error) {
+	i.mu.Lock()
+	err := i.checkWritable()
+	if err == nil {
+		err = block.CheckRange(i.size, off, int64(len(p)))
+	}
+	i.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if err := i.checkEncryption(); err != nil {
+		return 0, err
+	}
+	done := 0
+	for len(p) > 0 {
+		n, err := i.writeChunk(p, off)
+		if err != nil {
+			return done, err
+		}
+		p = p[n:]
+		off += n
+		done += int(n)
+	}
+	return done, nil
+}
+
+// writeChunk writes the first contiguous run of p and returns its length.
+func (i *Image) writeChunk(p []byte, off int64) (int64, error) {
+	i.mu.Lock()
+	host, n, metas, err := i.allocHostOffset(off, int64(len(p)))
+	if err == nil {
+		err = i.dataOverlapCheck(host, n)
+	}
+	if err != nil {
+		_ = i.finishAllocs(metas, false)
+		i.mu.Unlock()
+		return 0, err
+	}
+	cows := i.planCow(metas)
+	i.mu.Unlock()
+
+	err = i.writeWithCow(p[:n], off, host, metas, cows)
+
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if err != nil {
+		_ = i.finishAllocs(metas, false)
+		return 0, err
+	}
+	if metas != nil {
+		// The data must reach the disk before the L2 entries that
+		// point to it.
+		i.l2Cache.dependOnFlush()
+	}
+	if err := i.finishAllocs(metas, true); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// cowPlan says how to fill the COW regions of one allocation.
+type cowPlan struct {
+	// skipStart and skipEnd are set when a region reads as zeroes and its
+	// host space was never written, so it needs no write.
+	skipStart, skipEnd bool
+	// zeroStart and zeroEnd are set when a region reads as zeroes.
+	zeroStart, zeroEnd bool
+}
+
+// planCow decides, under the lock, which COW regions need reading and
+// writing.
+func (i *Image) planCow(metas *l2Meta) []cowPlan {
+	var plans []cowPlan
+	known := atomic.LoadInt64(&i.knownEnd)
+	for m := metas; m != nil; m = m.next {
+		var c cowPlan
+		if !m.keepOld {
+			c.zeroStart, c.zeroEnd = m.zeroStart, m.zeroEnd
+			c.skipStart = m.zeroStart && m.allocOffset+m.cowStart.offset >= known
+			c.skipEnd = m.zeroEnd && m.allocOffset+m.cowEnd.offset >= known
+		}
+		plans = append(plans, c)
+	}
+	return plans
+}
+
+// writeWithCow writes guest data and fills the COW regions of the
+// allocations around it: in one write when a single allocation surrounds
+// the data, as QEMU merges them.
+func (i *Image) writeWithCow(data []byte, off, host int64, metas *l2Meta, plans []cowPlan) error {
+	var single *l2Meta
+	count := 0
+	for m := metas; m != nil; m = m.next {
+		if m.cowStart.bytes > 0 || m.cowEnd.bytes > 0 {
+			single = m
+			count++
+		}
+	}
+	if count == 1 && single.cowStartOffset()+single.cowStart.bytes == off &&
+		single.offset+single.cowEnd.offset == off+int64(len(data)) {
+		plan := plans[indexOf(metas, single)]
+		return i.writeMerged(single, plan, data)
+	}
+	if err := i.writeData(data, host); err != nil {
+		return err
+	}
+	k := 0
+	for m := metas; m != nil; m = m.next {
+		if err := i.performCow(m, plans[k]); err != nil {
+			return err
+		}
+		k++
+	}
+	return nil
+}
+
+func indexOf(metas *l2Meta, x *l2Meta) int {
+	k := 0
+	for m := metas; m != x; m = m.next {
+		k++
+	}
+	return k
+}
+
+// writeMerged writes [COW start][data][COW end] of one allocation, leaving
+// out zero regions that need no writing.
+func (i *Image) writeMerged(m *l2Meta, plan cowPlan, data []byte) error {
+	startLen, endLen := m.cowStart.bytes, m.cowEnd.bytes
+	if plan.skipStart {
+		startLen = 0
+	}
+	if plan.skipEnd {
+		endLen = 0
+	}
+	if startLen == 0 && endLen == 0 {
+		return i.writeData(data, m.allocOffset+m.cowStart.offset+m.cowStart.bytes)
+	}
+	buf := make([]byte, startLen+int64(len(data))+endLen)
+	if startLen > 0 && !plan.zeroStart {
+		if err := i.readGuest(buf[:startLen], m.offset+m.cowStart.offset); err != nil {
+			return err
+		}
+	}
+	copy(buf[startLen:], data)
+	if endLen > 0 && !plan.zeroEnd {
+		if err := i.readGuest(buf[startLen+int64(len(data)):], m.offset+m.cowEnd.offset); err != nil {
+			return err
+		}
+	}
+	host := m.allocOffset + m.cowStart.offset + m.cowStart.bytes - startLen
+	return i.writeData(buf, host)
+}
+
+// performCow copies the old content of an allocation's COW regions into
+// its new clusters.
+func (i *Image) performCow(m *l2Meta, plan cowPlan) error {
+	if m.skipCow {
+		return nil
+	}
+	for _, r := range []struct {
+		reg        cowRegion
+		skip, zero bool
+	}{{m.cowStart, plan.skipStart, plan.zeroStart}, {m.cowEnd, plan.skipEnd, plan.zeroEnd}} {
+		if r.reg.bytes == 0 || r.skip {
+			continue
+		}
+		buf := make([]byte, r.reg.bytes)
+		if !r.zero {
+			if err := i.readGuest(buf, m.offset+r.reg.offset); err != nil {
+				return err
+			}
+		}
+		if err := i.writeData(buf, m.allocOffset+r.reg.offset); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WriteZeroes makes [off, off+n) read as zeroes. Whole subclusters become
+// zero clusters (freed with MayUnmap); partial ones at the edges get zero
+// bytes written, unless NoFallback forbids it.
+func (i *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
+	i.mu.Lock()
+	err := i.checkWritable()
+	if err == nil {
+		err = block.CheckRange(i.size, off, n)
+	}
+	size := i.size
+	i.mu.Unlock()
+	if err != nil || n == 0 {
+		return err
+	}
+	end := off + n
+	start := (off + i.subSize - 1) &^ (i.subSize - 1)
+	alignedEnd := end &^ (i.subSize - 1)
+	if end == size {
+		alignedEnd = end
+	}
+	if start >= alignedEnd {
+		return i.zeroFallback(off, n, flags)
+	}
+	if start > off {
+		if err := i.zeroFallback(off, start-off, flags); err != nil {
+			return err
+		}
+	}
+	i.mu.Lock()
+	err = i.zeroize(start, alignedEnd-start, flags&block.MayUnmap != 0)
+	i.mu.Unlock()
+	if errors.Is(err, errNotSupported) {
+		err = i.zeroFallback(start, alignedEnd-start, flags)
+	}
+	if err != nil {
+		return err
+	}
+	if alignedEnd < end {
+		return i.zeroFallback(alignedEnd, end-alignedEnd, flags)
+	}
+	return nil
+}
+
+// zeroize makes an aligned range read as zeroes through the metadata,
+// zeroing a raw data file first.
+func (i *Image) zeroize(off, n int64, unmap bool) error {
+	if i.autoclear&autoclearDataRaw != 0 {
+		if err := storage.WriteZeroes(i.data, off, n, unmap); err != nil {
+			return err
+		}
+	}
+	if err := i.waitForOverlappingAllocs(off, n); err != nil {
+		return err
+	}
+	return i.subclusterZeroize(off, n, unmap)
+}
+
+// waitForOverlappingAllocs waits until no write in flight allocates
+// clusters of [off, off+n).
+func (i *Image) waitForOverlappingAllocs(off, n int64) error {
+	for {
+		busy := false
+		for _, m := range i.inflight {
+			if off < m.offset+int64(m.nbClusters)<<i.clusterBits && m.offset < off+n {
+				busy = true
+				break
+			}
+		}
+		if !busy {
+			return nil
+		}
+		i.allocDone.Wait()
+		if i.broken != nil {
+			return i.broken
+		}
+	}
+}
+
+// zeroFallback writes zero bytes.
+func (i *Image) zeroFallback(off, n int64, flags block.ZeroFlags) error {
+	if flags&block.NoFallback != 0 {
+		return errNotSupported
+	}
+	const chunk = 1 << 20
+	buf := make([]byte, min(n, chunk))
+	for n > 0 {
+		c := min(n, chunk)
+		if _, err := i.WriteAt(buf[:c], off); err != nil {
+			return err
+		}
+		off += c
+		n -= c
+	}
+	return nil
+}
+
+// Discard frees the whole clusters in [off, off+n) (and the last partial
+// cluster of the image); they read as zeroes afterwards (from the backing
+// file in version 2 images without zero clusters, where discarding with a
+// backing file is refused and ignored).
+func (i *Image) Discard(off, n int64) error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if err := i.checkWritable(); err != nil {
+		return err
+	}
+	if err := block.CheckRange(i.size, off, n); err != nil {
+		return err
+	}
+	if i.hdr.Version < 3 && i.backing != nil {
+		return nil
+	}
+	start := (off + i.clusterSize - 1) &^ (i.clusterSize - 1)
+	end := (off + n) &^ (i.clusterSize - 1)
+	if off+n == i.size {
+		end = i.size
+	}
+	if start >= end {
+		return nil
+	}
+	if err := i.waitForOverlappingAllocs(start, end-start); err != nil {
+		return err
+	}
+	return i.clusterDiscard(start, end-start, discardRequest, false)
+}
+
+// Flush writes the metadata caches back and makes everything durable.
+func (i *Image) Flush() error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if !i.write {
+		return nil
+	}
+	if i.broken != nil {
+		return i.broken
+	}
+	return i.flushLocked()
+}
+
+func (i *Image) flushLocked() error {
+	if err := i.writeCaches(); err != nil {
+		return err
+	}
+	return i.syncFile()
+}
+
+// Close writes everything back, clears the dirty bit of a lazy-refcounts
+// image and closes the external data file. The image file itself belongs
+// to the caller.
+func (i *Image) Close() error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	var err error
+	if i.write && i.broken == nil {
+		err = i.l2Cache.flush()
+		if e := i.rcCache.flush(); err == nil {
+			err = e
+		}
+		if err == nil {
+			err = i.markClean()
+		}
+		if e := i.syncFile(); err == nil {
+			err = e
+		}
+	}
+	if i.dataFileOwned {
+		if e := i.data.Close(); err == nil {
+			err = e
+		}
+		i.dataFileOwned = false
+	}
+	return err
+}
