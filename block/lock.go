@@ -219,12 +219,18 @@ func inUseHint(name string) string {
 	return fmt.Sprintf("Is another process using the image [%s]?\n", name)
 }
 
+// lockingOffHint is the way out of locking for commands with --image-opts.
+func lockingOffHint(name string) string {
+	return fmt.Sprintf("Commands that take --image-opts can instead open the image without locking:\n"+
+		"--image-opts driver=FORMAT,file.filename=%s,file.locking=off\n", name)
+}
+
 // unsupportedHint explains a file system without byte-range locks.
 func unsupportedHint(name string) string {
 	return fmt.Sprintf("The file system holding '%s' does not support the byte-range locks that keep\n"+
 		"other programs from using an image at the same time. Mount it with working locks\n"+
-		"(NFS: run the lock manager, or mount with 'local_lock=all'; CIFS: mount with 'nobrl'),\n"+
-		"or open the image without locking: --image-opts ...,file.filename=%s,file.locking=off\n", name, name)
+		"(NFS: run the lock manager, or mount with 'local_lock=all'; CIFS: mount with 'nobrl').\n", name) +
+		lockingOffHint(name)
 }
 
 // errNoOFD reports that the kernel has no OFD locks at all.
@@ -264,9 +270,8 @@ func newFileLock(f storage.File, name string, mode LockMode, write bool) (*fileL
 			if fs := fser.LockFS(); fs.EnforcedOnIO {
 				return nil, &LockError{
 					Msg: fmt.Sprintf("Cannot lock '%s': the %s mount enforces byte-range locks on reads and writes", name, fs.Type),
-					Hint: fmt.Sprintf("Locking the image's lock bytes would make them unwritable, even by qimg (a mount\n"+
-						"without 'nobrl'). Mount it with 'nobrl', or open the image without locking:\n"+
-						"--image-opts ...,file.filename=%s,file.locking=off\n", name),
+					Hint: "Locking the image's lock bytes would make them unwritable, even by qimg (a mount\n" +
+						"without 'nobrl'). Mount it with 'nobrl'.\n" + lockingOffHint(name),
 					Errs: []error{ErrLockUnsupported},
 				}
 			}
@@ -401,8 +406,7 @@ func (l *fileLock) lockError(msg string, err error, inUse bool) error {
 		e.Errs = append(e.Errs, ErrLocked)
 		if fs := l.fsType(); !inUse && fs != "" {
 			e.Hint = fmt.Sprintf("Another program holds an exclusive lock on '%s', or the %s file system\n"+
-				"refuses byte-range locks; in that case open the image without locking:\n"+
-				"--image-opts ...,file.filename=%s,file.locking=off\n", l.name, fs, l.name)
+				"refuses byte-range locks.\n", l.name, fs) + lockingOffHint(l.name)
 		}
 	case storage.IsLockUnsupported(err):
 		e.Msg += ": " + storage.Strerror(err)

@@ -13,13 +13,13 @@ import (
 
 	"github.com/qimg/qimg/block"
 	"github.com/qimg/qimg/block/raw"
-	"github.com/qimg/qimg/internal/drivers"
 	"github.com/qimg/qimg/internal/oracle"
 )
 
-// qcow2Locker stands in for the qcow2 driver while the registry has none:
-// it opens a qcow2 file as raw would, but uses it as a format with
-// metadata does (the default role), which is all locking looks at.
+// qcow2Locker stands in for the qcow2 driver, so that these tests depend on
+// the locking model only: it opens a qcow2 file as raw would, but uses it
+// as a format with metadata does (the default role), which is all locking
+// looks at. (The command-line tests use the real driver.)
 type qcow2Locker struct{ *raw.Driver }
 
 func (qcow2Locker) Name() string { return "qcow2" }
@@ -35,17 +35,9 @@ func (qcow2Locker) FileUse(*block.DriverOptions) block.FileUse {
 	return block.FileUse{Role: block.RoleImage}
 }
 
-// lockRegistry is qimg's registry, with the stand-in for qcow2 if it has no
-// qcow2 driver yet.
-func lockRegistry() *block.Registry {
-	r := drivers.Registry()
-	if _, ok := r.Lookup("qcow2"); !ok {
-		r.Register(qcow2Locker{raw.New()})
-	}
-	return r
+func lockTestEnv() *block.Env {
+	return &block.Env{Registry: block.NewRegistry(qcow2Locker{raw.New()}, raw.New())}
 }
-
-func lockTestEnv() *block.Env { return &block.Env{Registry: lockRegistry()} }
 
 // newImage creates a 1 MiB image with the real qemu-img.
 func newImage(t *testing.T, format string) string {
