@@ -190,6 +190,13 @@ func (e *Env) createFile(drv Creator, name string, size int64, opts *Options) er
 			}
 			return e.createLocked(full)
 		},
+		RemoveRelated: func(related string) error {
+			full, err := e.Policy.Check(name, related, "data file")
+			if err != nil {
+				return err
+			}
+			return e.files().Remove(full)
+		},
 	}
 	err = drv.Create(f, req)
 	if err == nil {

@@ -85,6 +85,9 @@ type CreateRequest struct {
 	OpenRelated func(name string, write bool) (storage.File, error)
 	// CreateRelated creates a file the new image will name (a data file).
 	CreateRelated func(name string) (storage.File, error)
+	// RemoveRelated deletes a file CreateRelated created, when creating
+	// the image fails after it.
+	RemoveRelated func(name string) error
 }
 
 // Registry is a set of drivers, looked up by name and probed in order.
