@@ -13,7 +13,9 @@ package raw
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sync"
+	"syscall"
 
 	"github.com/qimg/qimg/block"
 	"github.com/qimg/qimg/storage"
@@ -93,12 +95,15 @@ func (d *Driver) Open(f storage.File, o *block.DriverOptions) (block.Image, erro
 		return nil, fmt.Errorf("Could not get image size: %s", storage.Strerror(err))
 	}
 	img := &Image{f: f, name: o.Filename, write: o.Write, probed: o.Probed}
+	// The block layer sees every file in whole sectors: a file whose
+	// length is not a multiple of 512 reads as if padded with zeroes.
+	fileSize = roundUp(fileSize)
 	off := int64(o.Options.Uint("offset", 0))
 	if off < 0 || off > fileSize {
 		return nil, fmt.Errorf("Offset (%d) cannot be greater than size of the containing file (%d)", uint64(off), fileSize)
 	}
 	img.offset = off
-	img.size = fileSize - off
+	img.size = roundUp(fileSize - off)
 	if o.Options.Has("size") {
 		size := o.Options.Uint("size", 0)
 		if uint64(fileSize-off) < size {
@@ -124,6 +129,14 @@ func (d *Driver) Open(f storage.File, o *block.DriverOptions) (block.Image, erro
 	return img, nil
 }
 
+// roundUp rounds a length up to whole sectors.
+func roundUp(n int64) int64 {
+	if n > math.MaxInt64-(sectorSize-1) {
+		return n &^ (sectorSize - 1)
+	}
+	return (n + sectorSize - 1) &^ (sectorSize - 1)
+}
+
 // Format returns "raw".
 func (*Image) Format() string { return "raw" }
 
@@ -147,7 +160,14 @@ func (i *Image) ReadAt(p []byte, off int64) (int, error) {
 
 // errProbeWrite is the EPERM QEMU returns for a write that would change a
 // probed raw image's format.
-var errProbeWrite = errors.New("Operation not permitted")
+var errProbeWrite error = probeWriteError{}
+
+// probeWriteError words EPERM as strerror does and matches syscall.EPERM.
+type probeWriteError struct{}
+
+func (probeWriteError) Error() string { return "Operation not permitted" }
+
+func (probeWriteError) Unwrap() error { return syscall.EPERM }
 
 // WriteAt writes guest bytes.
 func (i *Image) WriteAt(p []byte, off int64) (int, error) {
@@ -196,6 +216,9 @@ func (i *Image) BlockStatus(off, n int64) (block.Extent, error) {
 	switch {
 	case err != nil:
 		ext.Status = block.Allocated | block.Data | block.OffsetValid
+	case host >= fileSize:
+		// The padding of a file that ends inside a sector.
+		ext.Status = block.Allocated | block.Zero | block.OffsetValid
 	case start > host:
 		ext.Status = block.Allocated | block.Zero | block.OffsetValid
 		ext.Length = min(n, start-host)
@@ -245,6 +268,13 @@ func (i *Image) Discard(off, n int64) error {
 	}
 	if err := block.CheckRange(i.Size(), off, n); err != nil {
 		return err
+	}
+	if i.probe != nil && off < block.ProbeSize && (off != 0 || n < block.ProbeSize) {
+		// A hole punched into part of sector 0 zeroes bytes there, which
+		// could make it probe as another format; QEMU, which aligns
+		// requests to sectors on a probed image, drops such a part.
+		cut := min(n, block.ProbeSize-off)
+		off, n = off+cut, n-cut
 	}
 	if err := storage.PunchHole(i.f, i.offset+off, n); err != nil && !errors.Is(err, storage.ErrNotSupported) {
 		return err
