@@ -206,18 +206,15 @@ func newCopier(dst block.Image, srcs []Source, o Options) (*copier, error) {
 		c.compressor = comp
 		c.bufSize = max(c.bufSize-c.bufSize%c.cluster, c.cluster)
 	}
-	// Zero runs found in data must be at least a sparse size long and
-	// end on the target's block boundaries: a target cluster that holds
-	// any data is written whole.
+	// Zero runs found in data must be at least a sparse size long, and
+	// writes end on multiples of the sparse size (rounded down to a power
+	// of two) or of the target's alignment, as qemu-img's do.
 	c.align = sectorSize
 	if c.sparse > 0 {
 		c.align = max(c.align, int64(1)<<(bits.Len64(uint64(c.sparse))-1))
 	}
 	if a := o.TargetAlignment; a > 0 && a&(a-1) == 0 {
 		c.align = max(c.align, a)
-	}
-	if cl := c.cluster; cl > 0 && cl&(cl-1) == 0 && cl <= c.bufSize {
-		c.align = max(c.align, cl)
 	}
 	c.zeroSkip = o.TargetZeroed && c.sparse > 0
 	if o.RateLimit > 0 {

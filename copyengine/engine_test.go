@@ -190,7 +190,8 @@ func TestCopyZeroDetection(t *testing.T) {
 		{"default", Options{TargetZeroed: true}, 0, size - 8*kib - 4*kib - 256*kib - 16*kib},
 		{"S 64k", Options{TargetZeroed: true, SparseSize: 64 * kib}, 0, size - 256*kib},
 		{"S 0", Options{TargetZeroed: true, SparseSize: -1}, 0, size},
-		{"64k clusters", Options{TargetZeroed: true}, 64 * kib, size - 256*kib},
+		{"64k clusters", Options{TargetZeroed: true}, 64 * kib, size - 8*kib - 4*kib - 256*kib - 16*kib},
+		{"64k target alignment", Options{TargetZeroed: true, TargetAlignment: 64 * kib}, 0, size - 256*kib},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -201,9 +202,11 @@ func TestCopyZeroDetection(t *testing.T) {
 			if st.Written != tc.written {
 				t.Errorf("wrote %d bytes, want %d", st.Written, tc.written)
 			}
-			for _, o := range dst.recorded() {
-				if tc.cluster > 0 && (o.off%tc.cluster != 0 || o.n%tc.cluster != 0) {
-					t.Errorf("write %+v splits a %d-byte cluster", o, tc.cluster)
+			if a := tc.o.TargetAlignment; a > 0 {
+				for _, o := range dst.recorded() {
+					if o.off%a != 0 || (o.off+o.n)%a != 0 && o.off+o.n != size {
+						t.Errorf("write %+v not on the target's %d-byte alignment", o, a)
+					}
 				}
 			}
 		})

@@ -112,9 +112,12 @@ type Options struct {
 	// OutOfOrder.
 	Compress bool
 	// ClusterSize is the target's cluster size; 0 means the one its
-	// block.Infoer reports. It is the unit of compressed writes and the
-	// granularity of zero detection: a cluster that holds any data is
-	// written whole.
+	// block.Infoer reports. It is the unit of compressed writes, and of
+	// zero detection in compressed copies: a cluster that holds any data
+	// is compressed whole. Uncompressed copies detect zeroes at the
+	// sparse size, as qemu-img does, whatever the cluster size: a zero
+	// run inside a cluster is left to the target (a hole in a
+	// preallocated qcow2 image, for one).
 	ClusterSize int64
 	// TargetZeroed says that the target reads as zeroes where the copy
 	// goes (a new image, or qemu-img's --target-is-zero): zero runs are

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/qimg/qimg/internal/drivers"
 	"github.com/qimg/qimg/internal/oracle"
 )
 
@@ -81,6 +83,8 @@ func TestInteropConvertErrors(t *testing.T) {
 		{name: "missing option argument", args: c("convert", "a.raw", "out.raw", "-O")},
 		{name: "unknown option", args: c("convert", "-Z", "a.raw", "out.raw")},
 		{name: "directory source", shell: "mkdir d", args: c("convert", "d", "out.raw")},
+		{name: "target is the source", setup: small, args: c("convert", "a.raw", "a.raw"), files: c("a.raw")},
+		{name: "-n target is the source", setup: small, args: c("convert", "-n", "a.raw", "a.raw"), files: c("a.raw")},
 	}
 	runDiffCases(t, cases)
 }
@@ -235,4 +239,182 @@ func TestConvertInterrupt(t *testing.T) {
 			}
 		})
 	}
+}
+
+// requireQcow2 skips a test until the qcow2 driver is registered.
+func requireQcow2(t *testing.T) {
+	t.Helper()
+	if _, ok := drivers.Registry().Lookup("qcow2"); !ok {
+		t.Skip("the qcow2 driver is not registered yet")
+	}
+}
+
+// qcow2Setup adds to the sparse raw image a qcow2 copy, a qcow2 chain
+// (base.qcow2 under top.qcow2, which overwrites, zeroes and discards parts
+// of it) and a compressed qcow2 image, all made by qemu-img.
+const qcow2Setup = sparseRawSetup + " && qemu-img convert -O qcow2 src.raw src.qcow2" +
+	" && qemu-img convert -O qcow2 src.raw base.qcow2" +
+	" && qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2" +
+	" && qemu-io -f qcow2 -c 'write -P 7 512k 1M' -c 'write -z 30M 64k' -c 'write -P 8 50M 128k' top.qcow2 >/dev/null" +
+	" && qemu-img convert -c -O qcow2 src.raw comp.qcow2"
+
+func TestInteropConvertQcow2(t *testing.T) {
+	requireQcow2(t)
+	c := func(args ...string) []string { return args }
+	toQcow2 := func(name string, args ...string) diffCase {
+		return diffCase{name: name, shell: qcow2Setup, args: append([]string{"convert", "-O", "qcow2"}, args...),
+			mapOf: c("dst.qcow2"), compareOf: c("dst.qcow2"), checkOf: c("dst.qcow2")}
+	}
+	toRaw := func(name string, args ...string) diffCase {
+		return diffCase{name: name, shell: qcow2Setup, args: append([]string{"convert", "-O", "raw"}, args...),
+			files: c("dst.raw"), mapOf: c("dst.raw"), infoOf: c("dst.raw")}
+	}
+	compressed := func(name string, args ...string) diffCase {
+		// Compressed bytes differ between compressors; content, check
+		// and the allocation (without host offsets) must not.
+		d := toQcow2(name, append([]string{"-c"}, args...)...)
+		d.mapOf = nil
+		return d
+	}
+	shape := func(name string, args ...string) diffCase {
+		// Out-of-order writes place clusters in any order, and a
+		// partly written cluster may read as zeroes from a hole or from
+		// written zeroes: the allocation is compared without host
+		// offsets or zero flags (TestConvertQcow2AllocationShape).
+		d := toQcow2(name, args...)
+		d.mapOf = nil
+		return d
+	}
+	cases := []diffCase{
+		toQcow2("raw to qcow2", "src.raw", "dst.qcow2"),
+		toQcow2("raw to qcow2 progress", "-p", "src.raw", "dst.qcow2"),
+		toQcow2("raw to qcow2 fully allocated", "-S", "0", "src.raw", "dst.qcow2"),
+		toQcow2("raw to qcow2 small clusters", "-o", "cluster_size=4k", "src.raw", "dst.qcow2"),
+		toQcow2("raw to qcow2 preallocation metadata", "-o", "preallocation=metadata", "src.raw", "dst.qcow2"),
+		toQcow2("raw to qcow2 preallocation falloc", "-o", "preallocation=falloc", "src.raw", "dst.qcow2"),
+		toQcow2("raw to qcow2 preallocation full", "-o", "preallocation=full", "src.raw", "dst.qcow2"),
+		toQcow2("raw to qcow2 several sources", "src.raw", "src.raw", "dst.qcow2"),
+		toQcow2("qcow2 to qcow2", "src.qcow2", "dst.qcow2"),
+		toQcow2("qcow2 chain to qcow2", "top.qcow2", "dst.qcow2"),
+		toQcow2("qcow2 chain to backed qcow2", "-B", "base.qcow2", "-F", "qcow2", "top.qcow2", "dst.qcow2"),
+		toQcow2("raw to backed qcow2", "-B", "base.qcow2", "-F", "qcow2", "src.raw", "dst.qcow2"),
+		toQcow2("backing option", "-o", "backing_file=base.qcow2,backing_fmt=qcow2", "top.qcow2", "dst.qcow2"),
+		toQcow2("compressed to qcow2", "comp.qcow2", "dst.qcow2"),
+		toRaw("qcow2 to raw", "src.qcow2", "dst.raw"),
+		toRaw("qcow2 to raw progress", "-p", "src.qcow2", "dst.raw"),
+		toRaw("qcow2 chain to raw", "top.qcow2", "dst.raw"),
+		toRaw("compressed to raw", "comp.qcow2", "dst.raw"),
+		toRaw("qcow2 to raw fully allocated", "-S", "0", "src.qcow2", "dst.raw"),
+		shape("raw to qcow2 out of order", "-W", "-m", "16", "src.raw", "dst.qcow2"),
+		shape("raw to qcow2 large clusters", "-o", "cluster_size=2M", "src.raw", "dst.qcow2"),
+		shape("qcow2 chain to qcow2 out of order", "-W", "top.qcow2", "dst.qcow2"),
+		compressed("compressed zlib", "src.raw", "dst.qcow2"),
+		compressed("compressed zstd", "-o", "compression_type=zstd", "src.raw", "dst.qcow2"),
+		compressed("compressed small clusters", "-o", "cluster_size=512", "src.qcow2", "dst.qcow2"),
+		compressed("compressed 2M clusters", "-o", "cluster_size=2M", "src.qcow2", "dst.qcow2"),
+		compressed("compressed chain", "top.qcow2", "dst.qcow2"),
+		compressed("compressed fully allocated", "-S", "0", "src.raw", "dst.qcow2"),
+		{name: "-n onto qcow2", shell: qcow2Setup + " && qemu-img create -q -f qcow2 dst.qcow2 64M && qemu-io -f qcow2 -c 'write -P 9 0 64M' dst.qcow2 >/dev/null",
+			args: c("convert", "-n", "-O", "qcow2", "src.raw", "dst.qcow2"), compareOf: c("dst.qcow2"), checkOf: c("dst.qcow2"), mapOf: c("dst.qcow2")},
+		{name: "-n target is zero onto qcow2", shell: qcow2Setup + " && qemu-img create -q -f qcow2 dst.qcow2 64M",
+			args: c("convert", "-n", "--target-is-zero", "-O", "qcow2", "src.raw", "dst.qcow2"), compareOf: c("dst.qcow2"), checkOf: c("dst.qcow2"), mapOf: c("dst.qcow2")},
+		{name: "compressed -n onto qcow2", shell: qcow2Setup + " && qemu-img create -q -f qcow2 dst.qcow2 64M",
+			args: c("convert", "-c", "-n", "-O", "qcow2", "src.raw", "dst.qcow2"), compareOf: c("dst.qcow2"), checkOf: c("dst.qcow2")},
+		{name: "compression with preallocation", shell: qcow2Setup, args: c("convert", "-c", "-O", "qcow2", "-o", "preallocation=full", "src.raw", "dst.qcow2"), files: c("dst.qcow2")},
+		{name: "compression with encryption", shell: qcow2Setup, args: c("convert", "-c", "-O", "qcow2", "-o", "encrypt.format=luks", "src.raw", "dst.qcow2"), files: c("dst.qcow2")},
+		{name: "backing without format", shell: qcow2Setup, args: c("convert", "-O", "qcow2", "-B", "base.qcow2", "top.qcow2", "dst.qcow2"), files: c("dst.qcow2")},
+		{name: "backing option without format", shell: qcow2Setup, args: c("convert", "-O", "qcow2", "-o", "backing_file=base.qcow2", "top.qcow2", "dst.qcow2"), files: c("dst.qcow2")},
+		{name: "backing with several sources to qcow2", shell: qcow2Setup, args: c("convert", "-O", "qcow2", "-B", "base.qcow2", "-F", "qcow2", "src.raw", "src.raw", "dst.qcow2"), files: c("dst.qcow2")},
+		{name: "qcow2 options help", args: c("convert", "-O", "qcow2", "-o", "help")},
+		{name: "compressed -n onto raw", shell: qcow2Setup + " && qemu-img create -q -f raw dst.raw 64M", args: c("convert", "-c", "-n", "src.qcow2", "dst.raw")},
+	}
+	runDiffCases(t, cases)
+}
+
+// TestConvertQcow2DiskSize checks that qimg's qcow2 targets take the disk
+// space qemu-img's do, within two clusters.
+func TestConvertQcow2DiskSize(t *testing.T) {
+	requireQcow2(t)
+	oracle.QemuIOPath(t)
+	for _, args := range [][]string{{"-O", "qcow2"}, {"-O", "qcow2", "-S", "0"}, {"-c", "-O", "qcow2"}, {"-O", "qcow2", "-o", "preallocation=full"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			ours, theirs := convertWithBoth(t, sparseRawSetup, append(append([]string{"convert"}, args...), "src.raw", "dst.qcow2")...)
+			var sizes [2]int64
+			for i, dir := range []string{ours, theirs} {
+				var st unix.Stat_t
+				if err := unix.Stat(filepath.Join(dir, "dst.qcow2"), &st); err != nil {
+					t.Fatal(err)
+				}
+				sizes[i] = st.Blocks * 512
+			}
+			if d := sizes[0] - sizes[1]; d > 128<<10 || d < -128<<10 {
+				t.Errorf("disk size %d, qemu-img's %d: more than two clusters apart", sizes[0], sizes[1])
+			}
+		})
+	}
+}
+
+// mapShape returns an image's allocation as `qemu-img map` reports it,
+// without host offsets or zero flags, adjacent runs merged.
+func mapShape(t *testing.T, dir, file string) string {
+	t.Helper()
+	r := oracle.QemuImgIn(t, dir, "map", "--output=json", file)
+	if r.Code != 0 {
+		t.Fatalf("map: %s", r)
+	}
+	var runs []struct {
+		Start, Length int64
+		Depth         int
+		Present, Data bool
+	}
+	if err := json.Unmarshal([]byte(r.Stdout), &runs); err != nil {
+		t.Fatalf("map output: %v", err)
+	}
+	var b strings.Builder
+	for i := 0; i < len(runs); {
+		j := i + 1
+		for j < len(runs) && runs[j].Depth == runs[i].Depth && runs[j].Present == runs[i].Present && runs[j].Data == runs[i].Data {
+			j++
+		}
+		end := runs[j-1].Start + runs[j-1].Length
+		fmt.Fprintf(&b, "%d+%d depth %d present %v data %v\n", runs[i].Start, end-runs[i].Start, runs[i].Depth, runs[i].Present, runs[i].Data)
+		i = j
+	}
+	return b.String()
+}
+
+// TestConvertQcow2AllocationShape compares the allocation of qcow2 targets
+// where host offsets or zero flags may differ from qemu-img's.
+func TestConvertQcow2AllocationShape(t *testing.T) {
+	requireQcow2(t)
+	oracle.QemuIOPath(t)
+	for _, args := range [][]string{{"-W", "-m", "16", "src.raw"}, {"-o", "cluster_size=2M", "src.raw"}, {"-W", "top.qcow2"}, {"-c", "src.raw"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			ours, theirs := convertWithBoth(t, qcow2Setup, append(append([]string{"convert", "-O", "qcow2"}, args...), "dst.qcow2")...)
+			shapes := [2]string{mapShape(t, ours, "dst.qcow2"), mapShape(t, theirs, "dst.qcow2")}
+			if shapes[0] != shapes[1] {
+				t.Errorf("allocation differs\nqimg:\n%s\nqemu-img:\n%s", shapes[0], shapes[1])
+			}
+		})
+	}
+}
+
+// convertWithBoth runs the same command with qimg and with qemu-img, each in
+// a fresh directory prepared by the setup shell, and returns the two
+// directories.
+func convertWithBoth(t *testing.T, setup string, args ...string) (ours, theirs string) {
+	t.Helper()
+	ours, theirs = t.TempDir(), t.TempDir()
+	for _, dir := range []string{ours, theirs} {
+		if out, err := shellIn(dir, setup); err != nil {
+			t.Fatalf("setup: %v\n%s", err, out)
+		}
+	}
+	if r := oracle.RunQimg(t, ours, args...); r.Code != 0 {
+		t.Fatalf("qimg %v: %s", args, r)
+	}
+	if r := oracle.QemuImgIn(t, theirs, args...); r.Code != 0 {
+		t.Fatalf("qemu-img %v: %s", args, r)
+	}
+	return ours, theirs
 }
