@@ -22,10 +22,11 @@ func New() *Driver { return &Driver{} }
 func (*Driver) Name() string { return "qcow2" }
 
 // Probe recognises the qcow2 signature with version 2 or later, as QEMU's
-// qcow2_probe does.
+// qcow2_probe does. QEMU probes a zero-padded 512-byte buffer, so a file
+// shorter than a header still probes as qcow2.
 func (*Driver) Probe(p *block.ProbeInput) int {
 	b := p.Header
-	if len(b) >= headerV3Length && binary.BigEndian.Uint32(b) == Magic && binary.BigEndian.Uint32(b[4:]) >= 2 {
+	if len(b) >= 8 && binary.BigEndian.Uint32(b) == Magic && binary.BigEndian.Uint32(b[4:]) >= 2 {
 		return 100
 	}
 	return 0
@@ -135,11 +136,11 @@ type Image struct {
 	data storage.File // where guest data lives: f, or the external data file
 	name string
 	// hasDataFile is set with an external data file.
-	hasDataFile bool
+	hasDataFile   bool
 	dataFileOwned bool
-	write       bool
-	warn        func(string)
-	notice      func(string)
+	write         bool
+	warn          func(string)
+	notice        func(string)
 
 	hdr Header
 	ext Extensions
@@ -254,10 +255,6 @@ func (d *Driver) Open(f storage.File, o *block.DriverOptions) (block.Image, erro
 }
 
 func open(f storage.File, o *block.DriverOptions) (*Image, error) {
-	if o.Write {
-		// The write path lands in the next step.
-		return nil, fmt.Errorf("qcow2: opening images for writing is not supported yet: %w", block.ErrUnsupported)
-	}
 	fileSize, err := f.Size()
 	if err != nil {
 		return nil, fmt.Errorf("Could not read qcow2 header: %s", storage.Strerror(err))

@@ -191,7 +191,6 @@ func TestOpenBadImages(t *testing.T) {
 }
 
 func TestCorruptBitRefusesWrite(t *testing.T) {
-	t.Skip("writes land with the write path")
 	env := corruptImage(t, func(b []byte) []byte { b[79] |= incompatCorrupt; return b })
 	_, err := env.Open("bad.qcow2", block.OpenOptions{Format: "qcow2", Write: true})
 	if err == nil || err.Error() != "qcow2: Image is corrupt; cannot be opened read/write" {

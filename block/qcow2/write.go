@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/qimg/qimg/block"
 	"github.com/qimg/qimg/storage"
@@ -13,6 +14,8 @@ import (
 var (
 	errReadOnly     = block.ErrReadOnly
 	errNotSupported = block.ErrUnsupported
+	syscallEINVAL   = syscall.EINVAL
+	syscallEIO      = syscall.EIO
 )
 
 // openForWriting prepares an image opened read-write: it repairs the
@@ -457,4 +460,121 @@ func (i *Image) Close() error {
 		i.dataFileOwned = false
 	}
 	return err
+}
+
+// WriteCompressed writes one whole cluster compressed (the last cluster of
+// an image whose size is not a multiple of the cluster size may be short).
+// When compression does not make it smaller than a cluster, the cluster is
+// written uncompressed, as QEMU does. As in QEMU, the cluster must not be
+// allocated yet, and images with an external data file cannot hold
+// compressed clusters.
+func (i *Image) WriteCompressed(p []byte, off int64) error {
+	i.mu.Lock()
+	err := i.checkWritable()
+	if err == nil {
+		err = block.CheckRange(i.size, off, int64(len(p)))
+	}
+	size := i.size
+	i.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := i.checkEncryption(); err != nil {
+		return err
+	}
+	if i.hasDataFile {
+		return errNotSupported
+	}
+	if len(p) == 0 {
+		return nil
+	}
+	if i.inCluster(off) != 0 || int64(len(p)) > i.clusterSize ||
+		(int64(len(p)) < i.clusterSize && off+int64(len(p)) != size) {
+		return fmt.Errorf("%s: compressed write of %d bytes at %d is not one cluster: %w", i.name, len(p), off, syscallEINVAL)
+	}
+	src := p
+	if int64(len(p)) < i.clusterSize {
+		bp := i.getClusterBuf()
+		defer i.putClusterBuf(bp)
+		src = (*bp)[:i.clusterSize]
+		copy(src, p)
+		clear(src[len(p):])
+	}
+	outp := i.getClusterBuf()
+	defer i.putClusterBuf(outp)
+	out, err := i.codec().compress((*outp)[:0], src)
+	if err != nil {
+		return err
+	}
+	if out == nil {
+		_, err := i.WriteAt(p, off)
+		return err
+	}
+
+	i.mu.Lock()
+	host, err := i.allocCompressed(off, len(out))
+	i.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := i.writeData(out, host); err != nil {
+		i.mu.Lock()
+		i.freeClusters(host, int64(len(out)), discardNever)
+		i.mu.Unlock()
+		return err
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.linkCompressed(off, host, len(out))
+}
+
+// allocCompressed allocates bytes for a compressed cluster at guest offset
+// off, which must not be allocated (QEMU's
+// qcow2_alloc_compressed_cluster_offset, without the L2 update, which
+// waits for the data).
+func (i *Image) allocCompressed(off int64, n int) (int64, error) {
+	if err := i.waitForOverlappingAllocs(off, i.clusterSize); err != nil {
+		return 0, err
+	}
+	e, l2Index, err := i.getClusterTable(off)
+	if err != nil {
+		return 0, err
+	}
+	entry, _ := i.l2Entry(e.data, l2Index)
+	i.l2Cache.put(e)
+	if entry&l2OffsetMask != 0 {
+		return 0, fmt.Errorf("%s: compressed write to an allocated cluster at %d: %w", i.name, off, syscallEIO)
+	}
+	host, err := i.allocBytes(n)
+	if err != nil {
+		return 0, err
+	}
+	if err := i.dataOverlapCheck(host, int64(n)); err != nil {
+		return 0, err
+	}
+	return host, nil
+}
+
+// linkCompressed points the L2 entry of guest offset off at compressed
+// data already written.
+func (i *Image) linkCompressed(off, host int64, n int) error {
+	e, l2Index, err := i.getClusterTable(off)
+	if err != nil {
+		return err
+	}
+	defer i.l2Cache.put(e)
+	old, _ := i.l2Entry(e.data, l2Index)
+	i.l2Cache.dependOnFlush()
+	if err := i.l2Cache.setDependency(i.rcCache); err != nil {
+		return err
+	}
+	i.l2Cache.markDirty(e)
+	i.setL2Entry(e.data, l2Index, i.compressed.encode(uint64(host), n))
+	if i.subPerClus > 1 {
+		i.setL2Bitmap(e.data, l2Index, 0)
+	}
+	if old != 0 {
+		i.freeAnyCluster(old, discardNever)
+	}
+	return nil
 }
