@@ -139,6 +139,7 @@ func TestInteropCommandLine(t *testing.T) {
 		{name: "info ambiguous long option", args: c("info", "--o", "json", "x")},
 		{name: "info bad output", setup: [][]string{c("create", "-q", "x", "1M")}, args: c("info", "--output=xml", "x")},
 		{name: "info missing file", args: c("info", "nonexist")},
+		{name: "info wrong format", setup: [][]string{c("create", "-q", "x", "1M")}, args: c("info", "-f", "qcow2", "x")},
 		{name: "info directory", shell: "mkdir d", args: c("info", "d")},
 		{name: "info image-opts and format", setup: [][]string{c("create", "-q", "x", "1M")}, args: c("info", "--image-opts", "-f", "raw", "x")},
 		{name: "info image-opts", setup: [][]string{c("create", "-q", "x", "1M")}, args: c("info", "--image-opts", "driver=raw,file.filename=x")},

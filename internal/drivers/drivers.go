@@ -4,6 +4,7 @@ package drivers
 
 import (
 	"github.com/qimg/qimg/block"
+	"github.com/qimg/qimg/block/qcow2"
 	"github.com/qimg/qimg/block/raw"
 )
 
@@ -11,6 +12,7 @@ import (
 // go to the driver listed first.
 func Registry() *block.Registry {
 	return block.NewRegistry(
+		qcow2.New(),
 		raw.New(),
 	)
 }
