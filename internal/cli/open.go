@@ -41,94 +41,43 @@ func (a *App) openImage(filename string, s openSpec) (*block.Node, bool) {
 		NoIO:         s.noIO,
 		NoShare:      s.noShare,
 	}
+	var iopts *imageOpts
 	if s.imageOpts {
 		if s.format != "" {
 			a.errorf("--image-opts and --format are mutually exclusive")
 			return nil, false
 		}
+		reg := a.env().Registry
 		var err error
-		name, err = applyImageOpts(filename, &o)
+		iopts, err = parseImageOpts(filename, &o, s.forceShare, func(d string) bool { _, ok := reg.Lookup(d); return ok })
+		if iopts != nil {
+			for _, w := range iopts.warnings {
+				a.errorf("%s", w[0])
+				fmt.Fprintln(a.Stderr, w[1])
+			}
+		}
 		if err != nil {
-			a.reportErr("", err)
+			var pe *parseError
+			if errors.As(err, &pe) {
+				a.reportErr("", err)
+			} else {
+				a.reportErr(fmt.Sprintf("Could not open '%s': ", filename), err)
+			}
 			return nil, false
 		}
+		name = iopts.filename
 	}
 	n, err := a.env().Open(name, o)
 	if err != nil {
 		a.reportErr(fmt.Sprintf("Could not open '%s': ", filename), err)
 		return nil, false
 	}
-	return n, true
-}
-
-// applyImageOpts turns an --image-opts string ("driver=qcow2,file.filename=x")
-// into a filename and open options. A leading item without "=" is the file
-// name, as in QEMU.
-func applyImageOpts(spec string, o *block.OpenOptions) (string, error) {
-	items, _ := block.SplitOptionList(spec)
-	if len(spec) > 0 && !strings.Contains(strings.SplitN(spec, ",", 2)[0], "=") && len(items) > 0 {
-		// The implied first option is "file"; SplitOptionList read it
-		// as a flag.
-		first, _ := splitImplied(spec)
-		items[0] = block.KeyValue{Key: "file", Value: first}
-	}
-	var filename string
-	drvOpts := map[string]string{}
-	for _, kv := range items {
-		switch kv.Key {
-		case "driver":
-			o.Format = kv.Value
-		case "file", "file.filename", "filename":
-			filename = kv.Value
-		case "file.driver":
-			if kv.Value != "file" && kv.Value != "host_device" {
-				return "", fmt.Errorf("Unknown protocol '%s'", kv.Value)
-			}
-		case "file.locking":
-			m, err := block.ParseLockMode(kv.Value)
-			if err != nil {
-				return "", fmt.Errorf("Could not open '%s': %w", spec, err)
-			}
-			o.Locking = m
-		case "file.aio", "aio", "discard", "detect-zeroes", "file.aio-max-batch":
-			// Accepted; qimg's I/O does not vary with them.
-		case "cache.direct":
-			b, ok := block.ParseBool(kv.Value)
-			if !ok {
-				return "", fmt.Errorf("Parameter 'cache.direct' expects 'on' or 'off'")
-			}
-			if b {
-				o.Cache = block.CacheNone
-			}
-		case "cache.no-flush":
-			b, ok := block.ParseBool(kv.Value)
-			if !ok {
-				return "", fmt.Errorf("Parameter 'cache.no-flush' expects 'on' or 'off'")
-			}
-			if b {
-				o.Cache = block.CacheUnsafe
-			}
-		case "force-share":
-			b, ok := block.ParseBool(kv.Value)
-			if !ok {
-				return "", fmt.Errorf("Parameter 'force-share' expects 'on' or 'off'")
-			}
-			o.ForceShare = o.ForceShare || b
-		case "read-only":
-			if b, ok := block.ParseBool(kv.Value); ok && b {
-				o.Write = false
-			}
-		default:
-			drvOpts[kv.Key] = kv.Value
+	if iopts != nil {
+		if j := jsonName(n.Driver.Name(), name, o.DriverOptions); j != "" {
+			n.Filename = j
 		}
 	}
-	if filename == "" {
-		return "", errors.New("A block device must be specified for \"file\"")
-	}
-	if len(drvOpts) > 0 {
-		o.DriverOptions = drvOpts
-	}
-	return filename, nil
+	return n, true
 }
 
 // splitImplied returns the first item of an option list, with ",," escapes

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/qimg/qimg/block"
 )
@@ -60,22 +59,31 @@ func dictEntries(d *block.Dict) ([]string, []any) {
 	return ok, ov
 }
 
-// jsonWriter reproduces QEMU's JSONWriter in pretty mode.
+// jsonWriter reproduces QEMU's JSONWriter, in pretty mode (qemu-img's
+// --output=json) or compact (json: filenames).
 type jsonWriter struct {
 	b         strings.Builder
+	pretty    bool
 	needComma bool
 	stack     []bool // true for arrays
 }
 
+// newline starts a new line at the current depth in pretty mode.
 func (w *jsonWriter) newline() {
-	w.b.WriteByte('\n')
-	w.b.WriteString(strings.Repeat(" ", len(w.stack)*4))
+	if w.pretty {
+		w.b.WriteByte('\n')
+		w.b.WriteString(strings.Repeat(" ", len(w.stack)*4))
+	}
 }
 
 func (w *jsonWriter) commaName(name string) {
 	if w.needComma {
 		w.b.WriteByte(',')
-		w.newline()
+		if w.pretty {
+			w.newline()
+		} else {
+			w.b.WriteByte(' ')
+		}
 	} else {
 		if w.b.Len() > 0 {
 			w.newline()
@@ -91,7 +99,7 @@ func (w *jsonWriter) commaName(name string) {
 func (w *jsonWriter) quoted(s string) {
 	w.b.WriteByte('"')
 	for len(s) > 0 {
-		r, size := utf8.DecodeRuneInString(s)
+		r, size := modUTF8Codepoint(s)
 		s = s[size:]
 		switch r {
 		case '"':
@@ -109,17 +117,60 @@ func (w *jsonWriter) quoted(s string) {
 		case '\t':
 			w.b.WriteString(`\t`)
 		default:
+			if r < 0 {
+				r = 0xFFFD
+			}
 			switch {
 			case r > 0xFFFF:
 				fmt.Fprintf(&w.b, `\u%04X\u%04X`, 0xD800+((r-0x10000)>>10), 0xDC00+((r-0x10000)&0x3FF))
 			case r < 0x20 || r >= 0x7F:
 				fmt.Fprintf(&w.b, `\u%04X`, r)
 			default:
-				w.b.WriteRune(r)
+				w.b.WriteByte(byte(r))
 			}
 		}
 	}
 	w.b.WriteByte('"')
+}
+
+// modUTF8Codepoint decodes the first character of s as QEMU's
+// mod_utf8_codepoint does, which decides how invalid text is escaped: it
+// returns the code point, or -1 for an invalid sequence, and the bytes
+// consumed. Unlike Go's decoder it consumes a malformed sequence's lead
+// byte together with the continuation bytes that follow it (up to six-byte
+// forms), rejects noncharacters and surrogates, and accepts "\xC0\x80" as
+// U+0000 (modified UTF-8).
+func modUTF8Codepoint(s string) (rune, int) {
+	b := s[0]
+	switch {
+	case b < 0x80:
+		return rune(b), 1
+	case b >= 0xFE, b&0x40 == 0:
+		return -1, 1 // impossible byte, or a stray continuation byte
+	}
+	n := 0
+	mask := byte(0x80)
+	for ; b&mask != 0; mask >>= 1 {
+		n++
+	}
+	cp := rune(b & (mask - 1))
+	i := 1
+	for ; i < n; i++ {
+		if i >= len(s) || s[i]&0xC0 != 0x80 {
+			return -1, i // a continuation byte is missing
+		}
+		cp = cp<<6 | rune(s[i]&0x3F)
+	}
+	minCP := [...]rune{0x80, 0x800, 0x10000, 0x200000, 0x4000000}
+	switch {
+	case cp > 0x10FFFF,
+		cp >= 0xFDD0 && cp <= 0xFDEF, cp&0xFFFE == 0xFFFE, // noncharacters
+		cp >= 0xD800 && cp <= 0xDFFF: // surrogates
+		return -1, n
+	case cp < minCP[n-2] && !(cp == 0 && n == 2):
+		return -1, n // overlong, except \xC0\x80
+	}
+	return cp, n
 }
 
 func (w *jsonWriter) value(name string, v any) {
@@ -176,6 +227,14 @@ func formatG17(f float64) string {
 
 // toJSON renders v as qemu-img's pretty JSON (without a final newline).
 func toJSON(v any) string {
+	w := jsonWriter{pretty: true}
+	w.value("", v)
+	return w.b.String()
+}
+
+// toCompactJSON renders v as QEMU's qobject_to_json does: on one line,
+// items separated by ", ".
+func toCompactJSON(v any) string {
 	var w jsonWriter
 	w.value("", v)
 	return w.b.String()
