@@ -5,10 +5,11 @@
 //
 // It needs only Go and the real qemu-img (which also prepares the qcow2
 // inputs, so both tools read the same bytes). The runs alternate between
-// the tools after one warm-up run each; before every run the previous
-// target is deleted and dirty pages are written back (sync), so that one
-// run's write-back does not land on the next run's clock. Timings come from
-// the process's own accounting (wait4 rusage) and the wall clock.
+// the tools after one warm-up run each, and the ratio is the median of the
+// ratios of each pair of runs, so that it holds when the machine's speed
+// drifts; before every run the previous target is deleted, which also
+// drops its unwritten pages. Timings come from the wall clock and the
+// process's own accounting (wait4 rusage: CPU time, peak RSS).
 //
 // Usage:
 //
@@ -161,7 +162,7 @@ func run(runs int, dir string, keep bool, only, qimg, qemuImg string) error {
 		os.Remove(outO)
 		mq, mo := median(q, wallOf), median(o, wallOf)
 		fmt.Printf("| %-26s | %12.2f | %9.2f | %6.2f× | %10.0f MiB | %6.0f MiB | %12.0f%% | %9.0f%% |\n",
-			w.name, mq.Seconds(), mo.Seconds(), mo.Seconds()/mq.Seconds(),
+			w.name, mq.Seconds(), mo.Seconds(), pairRatio(o, q),
 			float64(maxRSS(q))/float64(mib), float64(maxRSS(o))/float64(mib),
 			cpuPercent(q), cpuPercent(o))
 	}
@@ -179,11 +180,9 @@ func once(argv []string, out string) (string, error) {
 	return strings.TrimSpace(stderr.String()), err
 }
 
-// timed runs a command after deleting its previous output and writing
-// dirty pages back.
+// timed runs a command after deleting its previous output.
 func timed(argv []string, out string) (sample, error) {
 	os.Remove(out)
-	syscall.Sync()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -212,6 +211,20 @@ func median(ss []sample, f func(sample) time.Duration) time.Duration {
 		return v[len(v)/2]
 	}
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// pairRatio is the median over the pairs of runs of qimg's wall time over
+// qemu-img's.
+func pairRatio(ours, theirs []sample) float64 {
+	r := make([]float64, len(ours))
+	for i := range ours {
+		r[i] = ours[i].wall.Seconds() / theirs[i].wall.Seconds()
+	}
+	slices.Sort(r)
+	if len(r)%2 == 1 {
+		return r[len(r)/2]
+	}
+	return (r[len(r)/2-1] + r[len(r)/2]) / 2
 }
 
 func maxRSS(ss []sample) int64 {
