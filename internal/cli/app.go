@@ -13,6 +13,7 @@ import (
 
 	"github.com/qimg/qimg/block"
 	"github.com/qimg/qimg/internal/drivers"
+	"github.com/qimg/qimg/storage"
 )
 
 // Version is qimg's version.
@@ -35,6 +36,10 @@ type App struct {
 	Getenv func(string) string
 	// IsTerminal reports whether stdout is a terminal (for progress).
 	IsTerminal func() bool
+
+	// objects holds the ids of --object objects other than secrets
+	// (secrets live in Env.Secrets).
+	objects map[string]bool
 }
 
 // command is one qemu-img command.
@@ -268,7 +273,9 @@ func (a *App) qemuImg(args []string) int {
 			io.WriteString(a.Stdout, versionText())
 			return 0
 		case 'T':
-			a.traceOption(g.optarg)
+			if code, stop := a.traceOption(g.optarg); stop {
+				return code
+			}
 		case optUntrusted:
 			env.Policy.Untrusted = true
 		case optAllowProtocols:
@@ -292,20 +299,63 @@ func (a *App) qemuImg(args []string) int {
 	return a.usageError("Command not found: %s", name)
 }
 
-// traceOption accepts -T/--trace. qimg has no trace events, so, as QEMU
-// does for an event it does not know, a plain event name draws a warning.
-func (a *App) traceOption(spec string) {
-	items, _ := block.SplitOptionList(spec)
-	for i, kv := range items {
-		pattern := ""
-		switch {
-		case kv.Key == "enable":
-			pattern = kv.Value
-		case i == 0 && kv.Value == "on" && !strings.Contains(spec[:min(len(spec), len(kv.Key)+1)], "="):
-			pattern = kv.Key
+// traceOption handles -T/--trace as QEMU's trace_opt_parse does, with no
+// trace events to offer: "enable=PATTERN" (the implied first option) and
+// each line of the "events=FILE" file warn about a plain event name, which
+// does not exist in qimg, while wildcard patterns match nothing silently;
+// "enable=help" lists the (no) events and exits 0; "file=" is accepted. It
+// returns an exit code and true when qemu-img would exit.
+func (a *App) traceOption(spec string) (int, bool) {
+	var enable, events string
+	hasEnable, hasEvents := false, false
+	for _, kv := range splitQemuOpts(spec, "enable") {
+		if kv.flag && block.IsHelpOption(kv.key) {
+			a.printf("trace options:\n  enable=<str>\n  events=<str>\n  file=<str>\n")
+			return 1, true
 		}
-		if pattern != "" && !strings.ContainsAny(pattern, "*?") {
-			a.errorf("warning: trace event '%s' does not exist", pattern)
+		if kv.flag {
+			on := map[bool]string{true: "off", false: "on"}[kv.prefix != ""]
+			a.errorf("warning: short-form boolean option '%s%s' deprecated", kv.prefix, kv.key)
+			fmt.Fprintf(a.Stderr, "Please use %s=%s instead\n", kv.key, on)
+		}
+		switch kv.key {
+		case "enable":
+			enable, hasEnable = kv.value, true
+		case "events":
+			events, hasEvents = kv.value, true
+		case "file":
+		default:
+			a.errorf("Invalid parameter '%s'", kv.key)
+			return 1, true
 		}
 	}
+	if hasEnable {
+		if block.IsHelpOption(enable) {
+			return 0, true
+		}
+		a.traceEvent(enable, "")
+	}
+	if hasEvents {
+		data, err := os.ReadFile(events)
+		if err != nil {
+			fmt.Fprintf(a.Stderr, "%s:%s: %s\n", a.Prog, events, storage.Strerror(err))
+			return 1, true
+		}
+		for i, line := range strings.Split(string(data), "\n") {
+			if line != "" && line[0] != '#' {
+				a.traceEvent(line, fmt.Sprintf("%s:%d:", events, i+1))
+			}
+		}
+	}
+	return 0, false
+}
+
+// traceEvent enables a trace event pattern; loc prefixes warnings with
+// where the pattern came from ("file:line:").
+func (a *App) traceEvent(pattern, loc string) {
+	name := strings.TrimPrefix(pattern, "-")
+	if name == "" || strings.ContainsAny(name, "*?") {
+		return
+	}
+	fmt.Fprintf(a.Stderr, "%s:%s warning: trace event '%s' does not exist\n", a.Prog, loc, name)
 }
