@@ -1,15 +1,39 @@
 package copyengine
 
-import "encoding/binary"
+import (
+	"bytes"
+	"encoding/binary"
+)
 
 // sectorSize is the unit of zero detection and of positions inside a copy,
 // as in QEMU (BDRV_SECTOR_SIZE).
 const sectorSize = 512
 
-// IsZero reports whether b holds only zero bytes. It compares eight 64-bit
-// words at a time and stops at the first non-zero word, so data is
-// rejected after a few loads and a zero buffer is scanned at memory speed.
+// zeroBlock is compared against; it is never written.
+var zeroBlock [zeroScanBlock]byte
+
+// IsZero reports whether b holds only zero bytes. It checks the first eight
+// 64-bit words, so data is rejected after a few loads, then compares the
+// rest against a block of zeroes with bytes.Equal, which the runtime does
+// with vector instructions, so a zero buffer is scanned at memory speed.
 func IsZero(b []byte) bool {
+	if len(b) >= 64 && !wordsZero(b[:64]) {
+		return false
+	}
+	for len(b) >= zeroScanBlock {
+		if !bytes.Equal(b[:zeroScanBlock], zeroBlock[:]) {
+			return false
+		}
+		b = b[zeroScanBlock:]
+	}
+	if len(b) >= 4096 {
+		return bytes.Equal(b, zeroBlock[:len(b)])
+	}
+	return wordsZero(b)
+}
+
+// wordsZero is IsZero for short buffers: eight 64-bit words at a time.
+func wordsZero(b []byte) bool {
 	for len(b) >= 64 {
 		w := b[:64]
 		if binary.LittleEndian.Uint64(w[0:])|binary.LittleEndian.Uint64(w[8:])|
@@ -41,7 +65,7 @@ func sectorIsZero(s []byte) bool {
 	if len(s) >= 8 && binary.LittleEndian.Uint64(s) != 0 {
 		return false
 	}
-	return IsZero(s)
+	return wordsZero(s)
 }
 
 // zeroScanBlock is how much of a run of zero sectors is checked in one call

@@ -329,10 +329,10 @@ func (r *convertRun) run(ctx context.Context, srcCache block.CacheMode) int {
 		}
 		srcs = append(srcs, s)
 	}
-	total := copyengine.Size(srcs)
 	if !r.loadSnapshot(srcs) {
 		return 1
 	}
+	total := copyengine.Size(srcs)
 
 	var opts *block.Options
 	var creator block.Creator
