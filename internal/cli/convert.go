@@ -73,8 +73,8 @@ func cmdConvert(a *App, args []string) int {
 		{"skip-broken-bitmaps", noArgument, optSkipBroken},
 	})
 	p := &convertParams{
-		cache:    "unsafe",
-		srcCache: "writeback",
+		cache:    defaultConvertCache,
+		srcCache: defaultCache,
 		sparse:   copyengine.DefaultSparseSize,
 		parallel: copyengine.DefaultParallel,
 	}
@@ -213,9 +213,8 @@ func cmdConvert(a *App, args []string) int {
 		a.errorf("Must specify image file name")
 		return 1
 	}
-	srcCache, err := block.ParseCacheMode(p.srcCache)
-	if err != nil {
-		a.errorf("Invalid source cache option: %s", p.srcCache)
+	srcCache, ok := a.parseCache(p.srcCache, true)
+	if !ok {
 		return 1
 	}
 	if p.quiet {
@@ -410,9 +409,8 @@ func (r *convertRun) run(ctx context.Context, srcCache block.CacheMode) int {
 	if p.bitmaps && !r.checkBitmaps() {
 		return 1
 	}
-	cache, err := block.ParseCacheMode(p.cache)
-	if err != nil {
-		a.errorf("Invalid cache option: %s", p.cache)
+	cache, ok := a.parseCache(p.cache, false)
+	if !ok {
 		return 1
 	}
 	if ctx.Err() != nil {
