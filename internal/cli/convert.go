@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/qimg/qimg/block"
@@ -286,9 +287,10 @@ type convertRun struct {
 }
 
 // convert runs a parsed convert, from opening the sources on. It returns
-// the exit code.
+// the exit code: 128 plus the signal's number when SIGINT, SIGTERM or
+// SIGHUP stopped it, as a shell reports a process those signals end.
 func (a *App) convert(p *convertParams, srcCache block.CacheMode) int {
-	ctx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	ctx, caught, stopSignals := interruptContext()
 	defer stopSignals()
 	r := &convertRun{a: a, p: p, prog: a.newProgress(p.progress, 1.0)}
 	defer r.prog.close()
@@ -306,10 +308,36 @@ func (a *App) convert(p *convertParams, srcCache block.CacheMode) int {
 		r.cleanup(ctx.Err() != nil)
 	}
 	r.closeSources()
-	if code != 0 && ctx.Err() != nil {
-		return 130
+	if sig := caught(); code != 0 && sig != 0 {
+		return 128 + int(sig)
 	}
 	return code
+}
+
+// interruptContext returns a context that SIGINT, SIGTERM and SIGHUP
+// cancel, a function that says which of them arrived (0 if none), and one
+// that restores their default handling.
+func interruptContext() (context.Context, func() syscall.Signal, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	var got atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		select {
+		case s := <-ch:
+			got.Store(int32(s.(syscall.Signal)))
+			cancel()
+		case <-done:
+		}
+	}()
+	caught := func() syscall.Signal { return syscall.Signal(got.Load()) }
+	stop := func() {
+		signal.Stop(ch)
+		close(done)
+		cancel()
+	}
+	return ctx, caught, stop
 }
 
 // run opens, creates and copies; its result is the exit code.
