@@ -327,6 +327,11 @@ func (i *Image) updateRefcount(offset, length int64, addend uint64, decrease boo
 		if rc == 0 && clusterIndex < i.freeClusterIndex {
 			i.freeClusterIndex = clusterIndex
 		}
+		if rc == 0 && i.freeByteOffset != 0 && i.freeByteOffset>>i.clusterBits == clusterIndex {
+			// Compressed data must not be packed into a cluster
+			// that may be reallocated for something else.
+			i.freeByteOffset = 0
+		}
 		i.refcount.set(e.data, blockIndex, rc)
 		if rc == 0 {
 			if c := i.rcCache.lookup(clusterOffset); c != nil {
