@@ -147,3 +147,38 @@ func FuzzCompressedDescriptor(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecompress inflates arbitrary data as a compressed cluster: it fails
+// or fills exactly one cluster, never more.
+func FuzzDecompress(f *testing.F) {
+	for _, name := range []string{"v3-512.qcow2", "zstd.qcow2"} {
+		img := testImage(f, name)
+		h, _ := DecodeHeader(firstCluster(f, img))
+		c := newCodec(h.CompressionType, 512)
+		out, _ := c.compress(nil, bytes.Repeat([]byte("qcow2 "), 100)[:512])
+		f.Add(out, h.CompressionType == compressionZstd, uint8(9))
+		f.Add(img[len(img)-600:], h.CompressionType == compressionZstd, uint8(9))
+	}
+	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd, 0x60, 0, 0, 0, 0}, true, uint8(16))
+	f.Fuzz(func(t *testing.T, src []byte, zstd bool, bits uint8) {
+		if bits < minClusterBits || bits > 16 {
+			return
+		}
+		kind := uint8(compressionZlib)
+		if zstd {
+			kind = compressionZstd
+		}
+		c := newCodec(kind, 1<<bits)
+		dst := make([]byte, 1<<bits, 1<<bits+64)
+		guard := dst[:cap(dst)][1<<bits:]
+		for k := range guard {
+			guard[k] = 0xa5
+		}
+		_ = c.decompress(dst, src)
+		for _, b := range guard {
+			if b != 0xa5 {
+				t.Fatal("decompression wrote past the cluster")
+			}
+		}
+	})
+}

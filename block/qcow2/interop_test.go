@@ -182,3 +182,117 @@ func TestInteropHostileHeaderMessages(t *testing.T) {
 		})
 	}
 }
+
+// TestInteropWriteWithSnapshots writes to an image QEMU gave internal
+// snapshots: shared clusters and L2 tables are copied on write, so the
+// snapshots keep their content and the refcounts stay exact.
+func TestInteropWriteWithSnapshots(t *testing.T) {
+	oracle.QemuImgPath(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "s.qcow2")
+	oracle.MustQemuImg(t, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", img, "8M")
+	oracle.MustQemuIO(t, "-f", "qcow2", "-c", "write -P 1 0 3M", "-c", "write -c -P 2 4M 4k", img)
+	oracle.MustQemuImg(t, "snapshot", "-c", "s1", img)
+	snap1 := oracle.ConvertToRaw(t, img, "qcow2")
+	env := hostEnv()
+	n, err := env.Open(img, block.OpenOptions{Write: true, Locking: block.LockOff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte(nil), snap1...)
+	for _, w := range []struct{ off, n int64 }{{100, 5000}, {1 << 20, 8192}, {4<<20 + 512, 100}, {6 << 20, 4096}} {
+		p := bytes.Repeat([]byte{0xee}, int(w.n))
+		if _, err := n.WriteAt(p, w.off); err != nil {
+			t.Fatal(err)
+		}
+		copy(want[w.off:], p)
+	}
+	if err := n.WriteZeroes(2<<20, 64<<10, block.MayUnmap); err != nil {
+		t.Fatal(err)
+	}
+	clear(want[2<<20 : 2<<20+64<<10])
+	if err := n.Discard(8192, 8192); err != nil {
+		t.Fatal(err)
+	}
+	clear(want[8192:16384])
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	oracle.Check(t, img, "qcow2")
+	if got := oracle.ConvertToRaw(t, img, "qcow2"); !bytes.Equal(got, want) {
+		t.Fatal("active layer differs from the model")
+	}
+	s1 := filepath.Join(dir, "s1.raw")
+	oracle.MustQemuImg(t, "convert", "-l", "snapshot.name=s1", "-O", "raw", img, s1)
+	if got, _ := os.ReadFile(s1); !bytes.Equal(got, snap1) {
+		t.Fatal("snapshot content changed")
+	}
+}
+
+// TestInteropResizeIdentical grows images with qimg and with qemu-img
+// resize and expects identical files.
+func TestInteropResizeIdentical(t *testing.T) {
+	oracle.QemuImgPath(t)
+	for _, c := range []struct{ opts, prealloc, from, to string }{
+		{"cluster_size=64k", "off", "1M", "10G"},
+		{"cluster_size=512", "metadata", "64k", "5M"},
+		{"cluster_size=4k", "metadata", "1M", "300M"},
+		{"cluster_size=64k", "falloc", "1M", "20M"},
+		{"cluster_size=4k,refcount_bits=1", "full", "1M", "3M"},
+		{"extended_l2=on", "metadata", "1M", "100M"},
+	} {
+		t.Run(fmt.Sprint(c), func(t *testing.T) {
+			dir := t.TempDir()
+			ours, theirs := filepath.Join(dir, "ours.qcow2"), filepath.Join(dir, "theirs.qcow2")
+			for _, p := range []string{ours, theirs} {
+				oracle.MustQemuImg(t, "create", "-q", "-f", "qcow2", "-o", c.opts, p, c.from)
+			}
+			oracle.MustQemuImg(t, "resize", "-q", "--preallocation="+c.prealloc, theirs, c.to)
+			n, err := hostEnv().Open(ours, block.OpenOptions{Write: true, Locking: block.LockOff})
+			if err != nil {
+				t.Fatal(err)
+			}
+			size := parseSize(t, c.to)
+			if err := n.Image.(block.Resizer).Resize(size, c.prealloc); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := oracle.SameFile(ours, theirs); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestInteropBitmapsMarkedInUse opens an image with persistent bitmaps for
+// writing: nothing changes until the first write, which marks the bitmaps
+// in use (qimg does not track writes in them), as QEMU then reports.
+func TestInteropBitmapsMarkedInUse(t *testing.T) {
+	oracle.QemuImgPath(t)
+	img := filepath.Join(t.TempDir(), "b.qcow2")
+	oracle.MustQemuImg(t, "create", "-q", "-f", "qcow2", img, "4M")
+	oracle.MustQemuImg(t, "bitmap", "--add", img, "b0")
+	before, _ := os.ReadFile(img)
+	n, err := hostEnv().Open(img, block.OpenOptions{Write: true, Locking: block.LockOff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	if after, _ := os.ReadFile(img); !bytes.Equal(before, after) {
+		t.Fatal("opening for writing changed the image")
+	}
+	n, err = hostEnv().Open(img, block.OpenOptions{Write: true, Locking: block.LockOff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.WriteAt(make([]byte, 512), 0); err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	oracle.Check(t, img, "qcow2")
+	if out := oracle.MustQemuImg(t, "info", img); !strings.Contains(out, "[0]: in-use") {
+		t.Fatalf("bitmap not in use after a write:\n%s", out)
+	}
+}

@@ -184,6 +184,7 @@ type Image struct {
 	compat    uint64
 	autoclear uint64
 
+	bitmapsMarked bool
 	snapshots     []snapshot
 	snapshotsOff  int64
 	snapshotsSize int64

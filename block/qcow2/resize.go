@@ -20,6 +20,12 @@ const maxLength = 1<<63 - 1<<30
 func (i *Image) Resize(size int64, prealloc string) error {
 	i.mu.Lock()
 	defer i.mu.Unlock()
+	if !i.write {
+		return errReadOnly
+	}
+	if len(i.bitmaps) > 0 {
+		return errors.New("Cannot resize qcow2 with persistent bitmaps that were not loaded into memory")
+	}
 	if err := i.checkWritable(); err != nil {
 		return err
 	}

@@ -35,9 +35,6 @@ func (i *Image) openForWriting() error {
 		i.autoclear &= autoclearMask
 		update = true
 	}
-	if err := i.markBitmapsInUse(); err != nil {
-		return fmt.Errorf("Can't update bitmap directory: %s", storage.Strerror(err))
-	}
 	if update {
 		if err := i.updateHeader(); err != nil {
 			return fmt.Errorf("Could not update qcow2 header: %s", storage.Strerror(err))
@@ -52,11 +49,15 @@ func (i *Image) openForWriting() error {
 }
 
 // markBitmapsInUse sets the in-use flag of every persistent bitmap, in
-// place, as QEMU does when it opens an image for writing.
+// place, before the first change to the image: qimg does not record
+// writes in bitmaps, so they become inconsistent, which QEMU then knows.
+// (QEMU sets the flag when it opens an image for writing and clears it
+// when it stores the bitmaps on close.)
 func (i *Image) markBitmapsInUse() error {
-	if len(i.bitmaps) == 0 || i.autoclear&autoclearBitmaps == 0 {
+	if i.bitmapsMarked || len(i.bitmaps) == 0 || i.autoclear&autoclearBitmaps == 0 {
 		return nil
 	}
+	i.bitmapsMarked = true
 	bm := i.ext.Bitmaps
 	dir := make([]byte, bm.DirectorySize)
 	if err := storage.ReadFull(i.f, dir, int64(bm.DirectoryOffset)); err != nil {
@@ -94,13 +95,17 @@ func (i *Image) writeData(p []byte, host int64) error {
 	return err
 }
 
-// checkWritable returns why the image cannot be written, if it cannot.
+// checkWritable returns why the image cannot be written, if it cannot,
+// and prepares it for its first change.
 func (i *Image) checkWritable() error {
 	if !i.write {
 		return errReadOnly
 	}
 	if i.broken != nil {
 		return i.broken
+	}
+	if err := i.markBitmapsInUse(); err != nil {
+		return fmt.Errorf("Can't update bitmap directory: %s", storage.Strerror(err))
 	}
 	return nil
 }
