@@ -42,12 +42,13 @@ type copier struct {
 
 	read, written, compressed, zeroed, offloaded atomic.Int64
 
-	mu   sync.Mutex
-	cond *sync.Cond
-	// turn is the sequence number of the job whose writes may run, when
-	// writes are in order.
-	turn int64
-	err  error
+	mu  sync.Mutex
+	err error
+	// turns passes the right to write from one job to the next when
+	// writes are in order: job n waits on turns[n%len(turns)], which job
+	// n-1 signals when its writes are done. At most Parallel jobs are out
+	// at once, so with Parallel+1 slots no two of them share one.
+	turns []chan struct{}
 	// quit is closed when the copy fails or is cancelled.
 	quit chan struct{}
 
@@ -101,6 +102,9 @@ func Copy(ctx context.Context, dst block.Image, srcs []Source, o Options) (Stats
 	if o.Progress != nil {
 		p := &planner{c: c}
 		for !p.done() {
+			if err := ctx.Err(); err != nil {
+				return Stats{}, err
+			}
 			u, err := p.next()
 			if err != nil {
 				return Stats{}, err
@@ -138,7 +142,6 @@ func Copy(ctx context.Context, dst block.Image, srcs []Source, o Options) (Stats
 // newCopier checks the options and places the sources.
 func newCopier(dst block.Image, srcs []Source, o Options) (*copier, error) {
 	c := &copier{dst: dst, o: o, quit: make(chan struct{})}
-	c.cond = sync.NewCond(&c.mu)
 	if len(srcs) == 0 {
 		return nil, errors.New("no source to copy")
 	}
@@ -221,6 +224,13 @@ func newCopier(dst block.Image, srcs []Source, o Options) (*copier, error) {
 		c.limiter = &rateLimiter{rate: o.RateLimit}
 	}
 	c.offload.Store(o.CopyOffload && !c.compress)
+	if c.inOrder() {
+		c.turns = make([]chan struct{}, c.parallel+1)
+		for i := range c.turns {
+			c.turns[i] = make(chan struct{}, 1)
+		}
+		c.turns[0] <- struct{}{}
+	}
 	return c, nil
 }
 
@@ -295,7 +305,6 @@ func (c *copier) fail(err error) {
 		c.err = err
 		close(c.quit)
 	}
-	c.cond.Broadcast()
 }
 
 func (c *copier) stopped() bool {
@@ -332,12 +341,12 @@ func (c *copier) acquire(j job) bool {
 	if !c.inOrder() {
 		return !c.stopped()
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for c.turn != j.seq && c.err == nil {
-		c.cond.Wait()
+	select {
+	case <-c.turns[j.seq%int64(len(c.turns))]:
+		return !c.stopped()
+	case <-c.quit:
+		return false
 	}
-	return c.err == nil
 }
 
 // release lets the next job's writes run.
@@ -345,10 +354,7 @@ func (c *copier) release(j job) {
 	if !c.inOrder() {
 		return
 	}
-	c.mu.Lock()
-	c.turn = j.seq + 1
-	c.cond.Broadcast()
-	c.mu.Unlock()
+	c.turns[(j.seq+1)%int64(len(c.turns))] <- struct{}{}
 }
 
 // run does one job.
