@@ -40,9 +40,14 @@ func benchImage(b *testing.B, size int64, fill bool) *block.Node {
 
 const benchSize = 256 << 20
 
-func benchWrite(b *testing.B, bs int, random bool) {
-	n := benchImage(b, benchSize, false)
-	buf := oracle.RandomBytes(2, bs)
+// benchIO times bs-sized reads or writes, sequential or random, over a
+// 256 MiB image (filled first for reads).
+func benchIO(b *testing.B, bs int, random, write bool) {
+	n := benchImage(b, benchSize, !write)
+	buf := make([]byte, bs)
+	if write {
+		buf = oracle.RandomBytes(2, bs)
+	}
 	blocks := int64(benchSize / bs)
 	rng := rand.New(rand.NewPCG(3, 4))
 	b.SetBytes(int64(bs))
@@ -53,7 +58,13 @@ func benchWrite(b *testing.B, bs int, random bool) {
 		if random {
 			idx = rng.Int64N(blocks)
 		}
-		if _, err := n.WriteAt(buf, idx*int64(bs)); err != nil {
+		var err error
+		if write {
+			_, err = n.WriteAt(buf, idx*int64(bs))
+		} else {
+			_, err = n.ReadAt(buf, idx*int64(bs))
+		}
+		if err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -63,33 +74,14 @@ func benchWrite(b *testing.B, bs int, random bool) {
 	}
 }
 
-func benchRead(b *testing.B, bs int, random bool) {
-	n := benchImage(b, benchSize, true)
-	buf := make([]byte, bs)
-	blocks := int64(benchSize / bs)
-	rng := rand.New(rand.NewPCG(5, 6))
-	b.SetBytes(int64(bs))
-	b.ReportAllocs()
-	b.ResetTimer()
-	for k := 0; b.Loop(); k++ {
-		idx := int64(k) % blocks
-		if random {
-			idx = rng.Int64N(blocks)
-		}
-		if _, err := n.ReadAt(buf, idx*int64(bs)); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-func BenchmarkWriteSeq4K(b *testing.B)   { benchWrite(b, 4<<10, false) }
-func BenchmarkWriteSeq64K(b *testing.B)  { benchWrite(b, 64<<10, false) }
-func BenchmarkWriteRand4K(b *testing.B)  { benchWrite(b, 4<<10, true) }
-func BenchmarkWriteRand64K(b *testing.B) { benchWrite(b, 64<<10, true) }
-func BenchmarkReadSeq4K(b *testing.B)    { benchRead(b, 4<<10, false) }
-func BenchmarkReadSeq64K(b *testing.B)   { benchRead(b, 64<<10, false) }
-func BenchmarkReadRand4K(b *testing.B)   { benchRead(b, 4<<10, true) }
-func BenchmarkReadRand64K(b *testing.B)  { benchRead(b, 64<<10, true) }
+func BenchmarkWriteSeq4K(b *testing.B)   { benchIO(b, 4<<10, false, true) }
+func BenchmarkWriteSeq64K(b *testing.B)  { benchIO(b, 64<<10, false, true) }
+func BenchmarkWriteRand4K(b *testing.B)  { benchIO(b, 4<<10, true, true) }
+func BenchmarkWriteRand64K(b *testing.B) { benchIO(b, 64<<10, true, true) }
+func BenchmarkReadSeq4K(b *testing.B)    { benchIO(b, 4<<10, false, false) }
+func BenchmarkReadSeq64K(b *testing.B)   { benchIO(b, 64<<10, false, false) }
+func BenchmarkReadRand4K(b *testing.B)   { benchIO(b, 4<<10, true, false) }
+func BenchmarkReadRand64K(b *testing.B)  { benchIO(b, 64<<10, true, false) }
 
 // BenchmarkWriteParallel2M has eight writers fill an image with 2 MiB
 // writes to distinct ranges, as convert's workers do.

@@ -537,14 +537,22 @@ func (i *Image) handleDependencies(guestOffset int64, curBytes *int64, haveMeta 
 	return true
 }
 
+// clustersAt returns the L2 slice for guestOffset (allocating the table if
+// needed), the entry's index in it, and how many clusters of a request of
+// bytes there one step may handle: up to the end of the slice and QEMU's
+// request limit.
+func (i *Image) clustersAt(guestOffset, bytes int64) (*cacheEntry, int, int64, error) {
+	nb := i.sizeToClusters(i.inCluster(guestOffset) + bytes)
+	nb = min(nb, int64(i.l2SliceSize-i.sliceIndex(guestOffset)), maxRequestBytes>>i.clusterBits)
+	e, l2Index, err := i.getClusterTable(guestOffset)
+	return e, l2Index, nb, err
+}
+
 // handleCopied takes the clusters at guestOffset that can be written in
 // place (QEMU's handle_copied). It returns whether it made progress; with a
 // required hostOffset (not -1) only clusters there count.
 func (i *Image) handleCopied(guestOffset int64, hostOffset *int64, bytes *int64, metas **l2Meta) (bool, error) {
-	nb := i.sizeToClusters(i.inCluster(guestOffset) + *bytes)
-	l2Index := i.sliceIndex(guestOffset)
-	nb = min(nb, int64(i.l2SliceSize-l2Index), maxRequestBytes>>i.clusterBits)
-	e, l2Index, err := i.getClusterTable(guestOffset)
+	e, l2Index, nb, err := i.clustersAt(guestOffset, *bytes)
 	if err != nil {
 		return false, err
 	}
@@ -578,10 +586,7 @@ func (i *Image) handleCopied(guestOffset int64, hostOffset *int64, bytes *int64,
 // With a required hostOffset (not -1) they must start there; it returns
 // false when nothing could be allocated.
 func (i *Image) handleAlloc(guestOffset int64, hostOffset *int64, bytes *int64, metas **l2Meta) (bool, error) {
-	nb := i.sizeToClusters(i.inCluster(guestOffset) + *bytes)
-	l2Index := i.sliceIndex(guestOffset)
-	nb = min(nb, int64(i.l2SliceSize-l2Index), maxRequestBytes>>i.clusterBits)
-	e, l2Index, err := i.getClusterTable(guestOffset)
+	e, l2Index, nb, err := i.clustersAt(guestOffset, *bytes)
 	if err != nil {
 		return false, err
 	}

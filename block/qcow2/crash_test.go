@@ -97,7 +97,7 @@ func TestCrashConsistency(t *testing.T) {
 }
 
 func crashConsistency(t *testing.T, opts string, seed uint64) {
-	const size = 6 << 20
+	const size = 3 << 20
 	env, fs := testEnv(t)
 	if err := env.Create(block.CreateParams{Filename: "c.qcow2", Format: "qcow2", Size: size, Options: opts}); err != nil {
 		t.Fatal(err)
@@ -168,7 +168,7 @@ func crashConsistency(t *testing.T, opts string, seed uint64) {
 			copy(flushed, model)
 			clear(dirty)
 		}
-		if rng.IntN(4) == 0 {
+		if rng.IntN(6) == 0 {
 			crashes = append(crashes, cf.crash(rng))
 			crashFlushed = append(crashFlushed, append([]byte(nil), flushed...))
 			crashDirty = append(crashDirty, append([]bool(nil), dirty...))
@@ -209,6 +209,9 @@ func crashConsistency(t *testing.T, opts string, seed uint64) {
 						t.Fatalf("crash %d: read of flushed cluster at %d: %v", k, off, err)
 					}
 				}
+				continue
+			}
+			if bytes.Equal(got, crashFlushed[k][off:off+cs]) {
 				continue
 			}
 			for j := range got {

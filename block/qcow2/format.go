@@ -43,6 +43,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/qimg/qimg/storage"
 )
 
 // Magic is the qcow2 signature, "QFI\xfb".
@@ -888,22 +890,10 @@ type snapshotReader struct {
 }
 
 func (r *snapshotReader) readAt(p []byte, off int64) error {
-	if err := readExact(r.f, p, r.base+off); err != nil {
+	if err := storage.ReadExact(r.f, p, r.base+off); err != nil {
 		return errSnapshotRead
 	}
 	return nil
-}
-
-// readExact reads len(p) bytes at off; a short read is an error.
-func readExact(f io.ReaderAt, p []byte, off int64) error {
-	n, err := f.ReadAt(p, off)
-	if n == len(p) {
-		return nil
-	}
-	if err == nil {
-		err = io.ErrUnexpectedEOF
-	}
-	return err
 }
 
 var errSnapshotRead = errors.New("Failed to read snapshot table: Input/output error")

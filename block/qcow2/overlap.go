@@ -3,6 +3,8 @@ package qcow2
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/qimg/qimg/storage"
 )
 
 // overlapCheck refuses a write to [offset, offset+size) of the image file
@@ -78,7 +80,7 @@ func (i *Image) metadataOverlap(ign int, offset, size int64) int {
 				continue
 			}
 			raw := make([]byte, int(sn.L1Size)*l1EntrySize)
-			if readExact(i.f, raw, int64(sn.L1TableOffset)) != nil {
+			if storage.ReadExact(i.f, raw, int64(sn.L1TableOffset)) != nil {
 				continue
 			}
 			for k := 0; k < len(raw); k += 8 {

@@ -171,14 +171,7 @@ func (i *Image) cowUnlocked(metas *l2Meta) error {
 	}
 	i.mu.Unlock()
 	defer i.mu.Lock()
-	k := 0
-	for m := metas; m != nil; m = m.next {
-		if err := i.performCow(m, plans[k]); err != nil {
-			return err
-		}
-		k++
-	}
-	return nil
+	return i.performCows(metas, plans)
 }
 
 // lastCluster returns the index of the last cluster with a non-zero

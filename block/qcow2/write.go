@@ -220,6 +220,11 @@ func (i *Image) writeWithCow(data []byte, off, host int64, metas *l2Meta, plans 
 	if err := i.writeData(data, host); err != nil {
 		return err
 	}
+	return i.performCows(metas, plans)
+}
+
+// performCows performs the COW of every allocation of a list.
+func (i *Image) performCows(metas *l2Meta, plans []cowPlan) error {
 	k := 0
 	for m := metas; m != nil; m = m.next {
 		if err := i.performCow(m, plans[k]); err != nil {
