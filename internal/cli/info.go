@@ -267,7 +267,7 @@ func (a *App) collectInfoList(filename, format string, imageOpts, chain, forceSh
 	if limit <= 0 {
 		limit = block.DefaultMaxChainDepth
 	}
-	for filename != "" {
+	for first := true; first || filename != ""; first = false {
 		if seen[filename] {
 			a.errorf("Backing file '%s' creates an infinite loop.", filename)
 			return nil, false
