@@ -57,6 +57,9 @@ type DriverOptions struct {
 	Write bool
 	// Probed is set when the format was guessed from content.
 	Probed bool
+	// NoIO is set when the image is opened only to look at its metadata
+	// (OpenOptions.NoIO): encrypted formats then need no key.
+	NoIO bool
 	// Options holds the driver's runtime options (see OpenSpecser); never
 	// nil.
 	Options *Options

@@ -253,6 +253,7 @@ func (e *Env) driverOptions(drv Driver, name string, o OpenOptions, probed bool,
 		Filename: name,
 		Write:    o.Write,
 		Probed:   probed,
+		NoIO:     o.NoIO,
 		Options:  opts,
 		Env:      e,
 		OpenRelated: func(related string, write bool) (storage.File, error) {
