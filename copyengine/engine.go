@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,6 +14,10 @@ import (
 	"github.com/qimg/qimg/block"
 	"github.com/qimg/qimg/storage"
 )
+
+// compressBatch is how much data a worker of a compressed copy reads at
+// once (whole clusters, at least one).
+const compressBatch = 512 << 10
 
 // errStopped is what a worker returns when the copy stopped under it; the
 // error that stopped it is reported instead.
@@ -207,7 +212,12 @@ func newCopier(dst block.Image, srcs []Source, o Options) (*copier, error) {
 			return nil, fmt.Errorf("target offset %d is not a multiple of the cluster size %d", o.TargetOffset, c.cluster)
 		}
 		c.compressor = comp
-		c.bufSize = max(c.bufSize-c.bufSize%c.cluster, c.cluster)
+		// Compression is the work: one worker per processor at least,
+		// each with a smaller batch of clusters, so that memory stays
+		// near Parallel full buffers.
+		c.parallel = max(c.parallel, runtime.GOMAXPROCS(0))
+		batch := min(c.bufSize, max(compressBatch, c.cluster))
+		c.bufSize = max(batch-batch%c.cluster, c.cluster)
 	}
 	// Zero runs found in data must be at least a sparse size long, and
 	// writes end on multiples of the sparse size (rounded down to a power

@@ -105,11 +105,12 @@ type Options struct {
 	// BufferSize is the largest read request; 0 means DefaultBufferSize.
 	BufferSize int64
 	// Compress writes data through the target's block.Compressor, one
-	// whole cluster per call, from every worker at once (qemu-img -c).
-	// Whole clusters are then also the unit of zero detection. Clusters
-	// are submitted in order but, because each call both compresses and
-	// writes, up to Parallel of them complete in any order, even without
-	// OutOfOrder.
+	// whole cluster per call, from every worker at once (qemu-img -c),
+	// with at least one worker per processor (runtime.GOMAXPROCS), so
+	// that compression uses every core. Whole clusters are then also the
+	// unit of zero detection. Clusters are handed out in order but,
+	// because each call both compresses and writes, the workers' calls
+	// complete in any order, even without OutOfOrder.
 	Compress bool
 	// ClusterSize is the target's cluster size; 0 means the one its
 	// block.Infoer reports. It is the unit of compressed writes, and of
