@@ -98,6 +98,9 @@ func (a *App) printOptionHelp(filename, format string, haveFilename bool) int {
 // cvtnum parses a size argument as qemu-img's cvtnum_full does, printing
 // its errors. name is what the size is, for the message ("image size").
 func (a *App) cvtnum(name, value string, min, max int64) (int64, bool) {
+	if units.HexSuffix(value) {
+		a.errorf("warning: Using a multiplier suffix on hex numbers is deprecated: %s", value)
+	}
 	v, err := units.ParseSize(value)
 	if err != nil && !errors.Is(err, units.ErrRange) {
 		a.errorf("Invalid %s specified. You may use k, M, G, T, P or E suffixes for", name)

@@ -186,7 +186,11 @@ func ParseSize(s string) (uint64, error) {
 			if strings.ContainsAny(rest[:n], "eE") {
 				return 0, ErrInvalid
 			}
-			frac = uint64(f * 0x1p64)
+			// A fraction that rounds to 1.0 gives 2^64, which the
+			// C conversion QEMU does turns into 0 on x86-64.
+			if x := f * 0x1p64; x < 0x1p64 {
+				frac = uint64(x)
+			}
 			rest = rest[n:]
 		}
 	}
@@ -217,6 +221,23 @@ func ParseSize(s string) (uint64, error) {
 		return 0, ErrRange
 	}
 	return lo, nil
+}
+
+// HexSuffix reports whether s is a hexadecimal size followed by a
+// multiplier suffix ("0x10k"), for which qemu_strtosz warns "Using a
+// multiplier suffix on hex numbers is deprecated" whether or not the whole
+// string then parses.
+func HexSuffix(s string) bool {
+	v, end, err := strtoull(s, 10)
+	if err != nil || end == 0 || strings.IndexByte(s[:end], '-') >= 0 || v != 0 || end == len(s) ||
+		(s[end] != 'x' && s[end] != 'X') {
+		return false
+	}
+	_, hend, herr := strtoull(s, 16)
+	if herr != nil || hend == 0 || hend == len(s) {
+		return false
+	}
+	return suffixMul(s[hend]) != 0
 }
 
 // FormatSize prints a byte count as QEMU's size_to_str: three significant

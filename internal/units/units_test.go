@@ -51,11 +51,54 @@ func TestParseSize(t *testing.T) {
 		{"0x1.8k", 0, ErrInvalid},
 		{"1.5e3k", 0, ErrInvalid},
 		{"1 k", 0, ErrInvalid},
+		{"0x", 0, ErrInvalid},
+		{"0x.5", 0, ErrInvalid},
+		{"0X1F", 31, nil},
+		{"0x10.5k", 0, ErrInvalid},
+		{"0xffffffffffffffff", 1<<64 - 1, nil},
+		{"0x10000000000000000", 0, ErrRange},
+		{"0xffffffffffffffffk", 0, ErrRange},
+		{"0x10kz", 0, ErrInvalid},
+		{"1.5E", 3 << 59, nil},
+		{"1.", 1, nil},
+		{"1.0k", 1024, nil},
+		{"1.50k", 1536, nil},
+		{".5k", 0, ErrInvalid},
+		{"1e3", 0, ErrInvalid}, // "e" is the exabyte suffix, then "3" is left over
+		{"1k ", 0, ErrInvalid},
+		{"\t\n 2k", 2048, nil},
+		{"+-1", 0, ErrInvalid},
+		{"1.5.k", 0, ErrInvalid},
+		// A fraction that rounds to 1.0 counts as 0, as in QEMU on x86-64.
+		{"1.9999999999999999999k", 1024, nil},
+		{"0.99999999999999999999k", 0, nil},
+		{"1.99999999999999999b", 1, nil},
+		{"16383.9999P", 18446743961119560932, nil},
+		{"15.99999999999999999E", 15 << 60, nil},
+		{"15.9999E", 18446628781559090944, nil},
+		{"8E", 1 << 63, nil},
+		{"1P", 1 << 50, nil},
+		{"1t", 1 << 40, nil},
+		{"007", 7, nil}, // decimal, not octal
+		{"08", 8, nil},
 	}
 	for _, tc := range tests {
 		got, err := ParseSize(tc.in)
 		if !errors.Is(err, tc.err) || (tc.err == nil && got != tc.want) {
 			t.Errorf("ParseSize(%q) = %d, %v; want %d, %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+func TestHexSuffix(t *testing.T) {
+	tests := map[string]bool{
+		"0x10k": true, "0X10K": true, "0x10kz": true, "0xffffffffffffffffk": true, " 0x1e": false, "0x1b": false,
+		"0x10": false, "0x": false, "0xk": false, "10k": false, "0x1ffffffffffffffffk": false, "-0x10k": false,
+		"0x10.5k": false, "00x10k": false, "": false,
+	}
+	for in, want := range tests {
+		if got := HexSuffix(in); got != want {
+			t.Errorf("HexSuffix(%q) = %v, want %v", in, got, want)
 		}
 	}
 }
