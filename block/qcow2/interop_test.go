@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -294,5 +295,59 @@ func TestInteropBitmapsMarkedInUse(t *testing.T) {
 	oracle.Check(t, img, "qcow2")
 	if out := oracle.MustQemuImg(t, "info", img); !strings.Contains(out, "[0]: in-use") {
 		t.Fatalf("bitmap not in use after a write:\n%s", out)
+	}
+}
+
+// TestInteropReadAES reads an image QEMU encrypted with the legacy AES
+// method, with the key from a secret; without it, opening for I/O fails as
+// in QEMU, and writes are refused.
+func TestInteropReadAES(t *testing.T) {
+	oracle.QemuIOPath(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "aes.qcow2")
+	oracle.MustQemuImg(t, "create", "-q", "--object", "secret,id=s0,data=passphrase-longer-than-16", "-f", "qcow2",
+		"-o", "encrypt.format=aes,encrypt.key-secret=s0,cluster_size=4k", img, "1M")
+	oracle.MustQemuIO(t, "--object", "secret,id=s0,data=passphrase-longer-than-16", "--image-opts",
+		"-c", "write -P 7 0 4k", "-c", "write -P 8 70000 5000", "-c", "write -z 200k 8k",
+		"driver=qcow2,file.filename="+img+",encrypt.key-secret=s0")
+	raw := filepath.Join(dir, "want.raw")
+	oracle.MustQemuImg(t, "convert", "--object", "secret,id=s0,data=passphrase-longer-than-16", "--image-opts", "-O", "raw",
+		"driver=qcow2,file.filename="+img+",encrypt.key-secret=s0", raw)
+	want, err := os.ReadFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := hostEnv()
+	if _, err := env.Open(img, block.OpenOptions{}); err == nil || err.Error() != "Parameter 'encrypt.key-secret' is required for cipher" {
+		t.Fatalf("open without key: %v", err)
+	}
+	n, err := env.Open(img, block.OpenOptions{NoIO: true})
+	if err != nil {
+		t.Fatalf("open for info: %v", err)
+	}
+	n.Close()
+	env.Secrets = map[string][]byte{"s0": []byte("passphrase-longer-than-16")}
+	n, err = env.Open(img, block.OpenOptions{DriverOptions: map[string]string{"encrypt.key-secret": "s0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	got := make([]byte, len(want))
+	for off := 0; off < len(got); off += 3000 {
+		end := min(off+3000, len(got))
+		if _, err := n.ReadAt(got[off:end], int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("decrypted content differs from QEMU's")
+	}
+	w, err := env.Open(img, block.OpenOptions{Write: true, Locking: block.LockOff, DriverOptions: map[string]string{"encrypt.key-secret": "s0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.WriteAt([]byte{1}, 0); !errors.Is(err, block.ErrUnsupported) {
+		t.Fatalf("write to an AES image: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"crypto/cipher"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -185,6 +186,8 @@ type Image struct {
 	autoclear uint64
 
 	bitmapsMarked bool
+	// aes decrypts data of an AES-encrypted image opened with its key.
+	aes           cipher.Block
 	snapshots     []snapshot
 	snapshotsOff  int64
 	snapshotsSize int64
@@ -358,6 +361,11 @@ func open(f storage.File, o *block.DriverOptions) (*Image, error) {
 	if err := i.applyOptions(o.Options); err != nil {
 		return nil, err
 	}
+	if i.hdr.CryptMethod == cryptAES {
+		if err := i.setUpAES(o); err != nil {
+			return nil, err
+		}
+	}
 	if err := i.loadRefcountTable(); err != nil {
 		return nil, fmt.Errorf("Could not initialize refcount handling: %s", storage.Strerror(err))
 	}
@@ -371,6 +379,9 @@ func open(f storage.File, o *block.DriverOptions) (*Image, error) {
 	}
 	if err := i.openDataFile(o); err != nil {
 		return nil, err
+	}
+	if i.hdr.CryptMethod == cryptLUKS && x.Crypto == nil && !o.NoIO {
+		return nil, fmt.Errorf("Missing CRYPTO header for crypt method %d", i.hdr.CryptMethod)
 	}
 	if h.BackingFileOffset != 0 {
 		n := uint64(h.BackingFileSize)

@@ -50,10 +50,15 @@ func (i *Image) readGuest(p []byte, off int64) error {
 				return err
 			}
 		case subNormal:
-			if err := i.checkEncryption(); err != nil {
+			if err := i.checkDecryption(); err != nil {
 				return err
 			}
-			if err := storage.ReadFull(i.data, chunk, int64(m.host)); err != nil {
+			if i.aes != nil {
+				err = i.readEncrypted(chunk, off, int64(m.host))
+			} else {
+				err = storage.ReadFull(i.data, chunk, int64(m.host))
+			}
+			if err != nil {
 				return err
 			}
 		default:
@@ -82,22 +87,38 @@ func readBacking(b block.Image, p []byte, off int64) error {
 	return err
 }
 
-// checkEncryption refuses data I/O on encrypted images, which qimg cannot
-// decrypt yet.
+// checkDecryption refuses to read encrypted data qimg cannot decrypt.
+func (i *Image) checkDecryption() error {
+	switch {
+	case i.hdr.CryptMethod == cryptNone:
+		return nil
+	case i.hdr.CryptMethod == cryptAES && i.aes != nil:
+		return nil
+	case i.hdr.CryptMethod == cryptAES:
+		return fmt.Errorf("%s: the image was opened without its key: %w", i.name, block.ErrUnsupported)
+	}
+	return errLUKS
+}
+
+// checkEncryption refuses writes to encrypted images.
 func (i *Image) checkEncryption() error {
 	switch i.hdr.CryptMethod {
 	case cryptNone:
 		return nil
 	case cryptAES:
-		return fmt.Errorf("%s: AES-encrypted qcow2 images are not supported: %w", i.name, block.ErrUnsupported)
+		return errAESWrite
 	}
-	return fmt.Errorf("%s: encrypted qcow2 images (encrypt.format=luks) are not supported yet: %w", i.name, block.ErrUnsupported)
+	return errLUKS
 }
+
+// errLUKS refuses I/O on LUKS-encrypted images until the LUKS driver
+// provides it.
+var errLUKS = fmt.Errorf("qcow2 images with encrypt.format=luks are not supported yet: %w", block.ErrUnsupported)
 
 // readCompressed reads part of a compressed cluster: entry is its L2
 // entry, off the guest offset of the first byte wanted.
 func (i *Image) readCompressed(entry uint64, off int64, p []byte) error {
-	if err := i.checkEncryption(); err != nil {
+	if err := i.checkDecryption(); err != nil {
 		return err
 	}
 	coff, csize := i.compressed.parse(entry)

@@ -497,3 +497,49 @@ func TestInteropCompressedReadByQEMU(t *testing.T) {
 		}
 	}
 }
+
+// TestInteropRefcountTableGrowth writes enough to 512-byte clusters that
+// the refcount table must move and grow several times.
+func TestInteropRefcountTableGrowth(t *testing.T) {
+	oracle.QemuImgPath(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "g.qcow2")
+	const size = 24 << 20
+	env := hostEnv()
+	if err := env.Create(block.CreateParams{Filename: img, Format: "qcow2", Size: size, Options: "cluster_size=512,refcount_bits=64"}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := env.Open(img, hostWrite())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := oracle.RandomBytes(9, size)
+	// Scattered writes first, so that data and metadata interleave.
+	for k := int64(0); k < 64; k++ {
+		off := (k * 7919 * 512) % (size - 4096)
+		if _, err := n.WriteAt(want[off:off+4096], off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for off := int64(0); off < size; off += 1 << 20 {
+		if _, err := n.WriteAt(want[off:off+1<<20], off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img2 := n.Image.(*Image)
+	img2.mu.Lock()
+	reftableMoved := img2.reftableOff != 512
+	img2.mu.Unlock()
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !reftableMoved {
+		t.Fatal("the refcount table did not grow")
+	}
+	oracle.Check(t, img, "qcow2")
+	raw := filepath.Join(dir, "want.raw")
+	if err := os.WriteFile(raw, want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	oracle.Compare(t, img, "qcow2", raw, "raw")
+}
