@@ -270,7 +270,7 @@ func (fs *MemFS) Open(name string, o OpenOptions) (File, error) {
 	if !ok {
 		return nil, &OpenError{Name: name, Err: errNoEnt}
 	}
-	return &memHandle{MemFile: f, write: o.Write}, nil
+	return &memHandle{MemFile: f, write: o.Write, noSync: o.NoSync}, nil
 }
 
 // Create creates or truncates a file.
@@ -285,7 +285,7 @@ func (fs *MemFS) Create(name string, o OpenOptions) (File, error) {
 	if err := f.Truncate(0); err != nil {
 		return nil, err
 	}
-	return &memHandle{MemFile: f, write: true}, nil
+	return &memHandle{MemFile: f, write: true, noSync: o.NoSync}, nil
 }
 
 // Exists reports whether a file exists.
@@ -339,6 +339,8 @@ func (fs *MemFS) Names() []string {
 type memHandle struct {
 	*MemFile
 	write bool
+	// noSync makes Sync a no-op (cache=unsafe), as for a LocalFile.
+	noSync bool
 	// closed is guarded by MemFile.mu.
 	closed bool
 }
@@ -369,6 +371,14 @@ func (h *memHandle) ZeroRange(off, n int64) error {
 		return ErrReadOnly
 	}
 	return h.MemFile.ZeroRange(off, n)
+}
+
+// Sync counts a sync on the file unless the handle was opened with NoSync.
+func (h *memHandle) Sync() error {
+	if h.noSync {
+		return nil
+	}
+	return h.MemFile.Sync()
 }
 
 func (h *memHandle) Preallocate(off, n int64) error {
