@@ -117,7 +117,7 @@ func SplitOptionList(s string) (items []KeyValue, help bool) {
 		} else {
 			name := p[:n]
 			var value string
-			value, p = splitValue(p[n+1:])
+			value, p = SplitValue(p[n+1:])
 			items = append(items, KeyValue{name, value})
 		}
 		p = strings.TrimPrefix(p, ",")
@@ -125,8 +125,10 @@ func SplitOptionList(s string) (items []KeyValue, help bool) {
 	return items, help
 }
 
-// splitValue reads a value up to an unescaped comma; ",," stands for ",".
-func splitValue(p string) (value, rest string) {
+// SplitValue reads an option value up to an unescaped comma, where ",,"
+// stands for ","; rest starts at the comma that ended the value, or is
+// empty.
+func SplitValue(p string) (value, rest string) {
 	var b strings.Builder
 	for {
 		i := strings.IndexByte(p, ',')

@@ -2,6 +2,7 @@ package blocktest
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -105,6 +106,15 @@ func TestModelConstantRuns(t *testing.T) {
 	}
 	if _, ok := m.ConstantRuns(3); ok {
 		t.Error("limit not honoured")
+	}
+	cmds, ok := m.QemuIOReads(100)
+	if !ok || len(cmds) != len(want) || cmds[1] != "read -P 7 5 10" {
+		t.Errorf("QemuIOReads = %q", cmds)
+	}
+	big := NewModel(4 << 30)
+	big.Write([]byte{1}, 0)
+	if cmds, _ := big.QemuIOReads(10); len(cmds) != 3 || cmds[2] != fmt.Sprintf("read -P 0 %d %d", 4<<30-1<<20, 1<<20) {
+		t.Errorf("QemuIOReads of a big zero run = %q", cmds)
 	}
 	// Random data makes runs that ConstantRuns gives up on.
 	r := NewModel(1 << 20)

@@ -208,6 +208,27 @@ func (m *Model) ConstantRuns(limit int) (runs []ConstantRun, ok bool) {
 	return runs, true
 }
 
+// QemuIOReads returns `qemu-io` commands ("read -P value off len") that
+// check an image against the model, one per constant run (see
+// ConstantRuns, whose limit applies). Zero runs longer than 1 GiB, which
+// qemu-io would read into one buffer, are checked at both ends only.
+func (m *Model) QemuIOReads(limit int) ([]string, bool) {
+	runs, ok := m.ConstantRuns(limit)
+	if !ok {
+		return nil, false
+	}
+	var cmds []string
+	for _, r := range runs {
+		if r.Value == 0 && r.Length > 1<<30 {
+			cmds = append(cmds, fmt.Sprintf("read -P 0 %d %d", r.Offset, 1<<20),
+				fmt.Sprintf("read -P 0 %d %d", r.Offset+r.Length-1<<20, 1<<20))
+			continue
+		}
+		cmds = append(cmds, fmt.Sprintf("read -P %d %d %d", r.Value, r.Offset, r.Length))
+	}
+	return cmds, true
+}
+
 // sampleSize bounds how much of a large extent Verify reads.
 const sampleSize = 64 << 10
 

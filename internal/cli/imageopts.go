@@ -59,7 +59,7 @@ func splitQemuOpts(s, firstName string) []keyValue {
 		switch {
 		case (n < 0 || p[n] != '=') && firstName != "":
 			kv.key = firstName
-			kv.value, p = splitValue(p)
+			kv.value, p = block.SplitValue(p)
 		case n < 0 || p[n] != '=':
 			if n < 0 {
 				n = len(p)
@@ -71,32 +71,13 @@ func splitQemuOpts(s, firstName string) []keyValue {
 			p = p[n:]
 		default:
 			kv.key = p[:n]
-			kv.value, p = splitValue(p[n+1:])
+			kv.value, p = block.SplitValue(p[n+1:])
 		}
 		firstName = ""
 		out = append(out, kv)
 		p = strings.TrimPrefix(p, ",")
 	}
 	return out
-}
-
-// splitValue reads a value up to an unescaped comma; ",," stands for ",".
-func splitValue(p string) (value, rest string) {
-	var b strings.Builder
-	for {
-		i := strings.IndexByte(p, ',')
-		if i < 0 {
-			b.WriteString(p)
-			return b.String(), ""
-		}
-		if i+1 < len(p) && p[i+1] == ',' {
-			b.WriteString(p[:i+1])
-			p = p[i+2:]
-			continue
-		}
-		b.WriteString(p[:i])
-		return b.String(), p[i:]
-	}
 }
 
 // qemuProtocols are QEMU protocol drivers qimg does not implement.

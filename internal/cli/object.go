@@ -94,7 +94,7 @@ func parseKeyval(s, implied string) (*objectSpec, error) {
 			return nil, fmt.Errorf("Expected '=' after parameter '%s'", key)
 		}
 		var value string
-		value, p = splitValue(p[n+1:])
+		value, p = block.SplitValue(p[n+1:])
 		p = strings.TrimPrefix(p, ",")
 		for k := range spec.props {
 			if strings.HasPrefix(k, key+".") || strings.HasPrefix(key, k+".") {
