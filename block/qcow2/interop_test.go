@@ -351,3 +351,75 @@ func TestInteropReadAES(t *testing.T) {
 		t.Fatalf("write to an AES image: %v", err)
 	}
 }
+
+// TestInteropSameMapAsQEMU applies the same writes, zero writes and
+// discards with qimg and with qemu-io, and expects qemu-img map to
+// describe both images alike.
+func TestInteropSameMapAsQEMU(t *testing.T) {
+	oracle.QemuIOPath(t)
+	type op struct {
+		kind      string // "write", "zero", "zero-unmap", "discard"
+		off, size int64
+	}
+	ops := []op{
+		{"write", 0, 200 << 10}, {"zero", 64 << 10, 64 << 10}, {"zero-unmap", 128 << 10, 70 << 10},
+		{"zero", 300<<10 + 512, 4096}, {"zero", 400 << 10, 512}, {"write", 500 << 10, 100},
+		{"zero", 500<<10 + 4096, 512}, {"discard", 0, 64 << 10}, {"discard", 600 << 10, 1000},
+		{"zero-unmap", 700 << 10, 1 << 20}, {"write", 2 << 20, 1 << 20}, {"discard", 2<<20 + 4096, 128 << 10},
+	}
+	for _, opts := range []string{"cluster_size=64k", "cluster_size=4k", "extended_l2=on", "compat=0.10,cluster_size=4k"} {
+		t.Run(opts, func(t *testing.T) {
+			dir := t.TempDir()
+			ours, theirs := filepath.Join(dir, "ours.qcow2"), filepath.Join(dir, "theirs.qcow2")
+			for _, p := range []string{ours, theirs} {
+				oracle.MustQemuImg(t, "create", "-q", "-f", "qcow2", "-o", opts, p, "4M")
+			}
+			n, err := hostEnv().Open(ours, block.OpenOptions{Write: true, Locking: block.LockOff})
+			if err != nil {
+				t.Fatal(err)
+			}
+			args := []string{"-f", "qcow2"}
+			for _, o := range ops {
+				switch o.kind {
+				case "write":
+					_, err = n.WriteAt(bytes.Repeat([]byte{9}, int(o.size)), o.off)
+					args = append(args, "-c", fmt.Sprintf("write -P 9 %d %d", o.off, o.size))
+				case "zero":
+					err = n.WriteZeroes(o.off, o.size, 0)
+					args = append(args, "-c", fmt.Sprintf("write -z %d %d", o.off, o.size))
+				case "zero-unmap":
+					err = n.WriteZeroes(o.off, o.size, block.MayUnmap)
+					args = append(args, "-c", fmt.Sprintf("write -z -u %d %d", o.off, o.size))
+				case "discard":
+					err = n.Discard(o.off, o.size)
+					args = append(args, "-c", fmt.Sprintf("discard %d %d", o.off, o.size))
+				}
+				if err != nil {
+					t.Fatalf("%v: %v", o, err)
+				}
+			}
+			if err := n.Close(); err != nil {
+				t.Fatal(err)
+			}
+			oracle.MustQemuIO(t, append(args, theirs)...)
+			oracle.Check(t, ours, "qcow2")
+			strip := func(s string) string {
+				// Host offsets may differ; compare the shape.
+				var out []string
+				for _, l := range strings.Split(s, "\n") {
+					if i := strings.Index(l, `, "offset"`); i >= 0 {
+						l = l[:i] + "}"
+					}
+					out = append(out, strings.TrimSuffix(strings.TrimSuffix(l, ","), "]"))
+				}
+				return strings.Join(out, "\n")
+			}
+			a := strip(oracle.MustQemuImg(t, "map", "--output=json", ours))
+			b := strip(oracle.MustQemuImg(t, "map", "--output=json", theirs))
+			if a != b {
+				t.Fatalf("map differs\nqimg:\n%s\nqemu-io:\n%s", a, b)
+			}
+			oracle.Compare(t, ours, "qcow2", theirs, "qcow2")
+		})
+	}
+}

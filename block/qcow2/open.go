@@ -216,11 +216,6 @@ type Image struct {
 	backing     block.Image
 	backingSize int64
 
-	// knownEnd is the end of the data file as far as qimg may have
-	// written it: space at or beyond it is known to read as zeroes.
-	// Accessed atomically.
-	knownEnd int64
-
 	// opts are the runtime options, applied again after a resize.
 	opts *block.Options
 	cdc  *codec
@@ -406,7 +401,6 @@ func open(f storage.File, o *block.DriverOptions) (*Image, error) {
 		}
 		i.bitmaps = bms
 	}
-	i.knownEnd = -1
 	if o.Write {
 		if err := i.openForWriting(); err != nil {
 			return nil, err

@@ -143,7 +143,6 @@ func (i *Image) preallocate(offset, end int64, mode string) error {
 		if mode == block.PreallocMetadata {
 			mode = block.PreallocOff
 		}
-		i.raiseKnownEnd(host + cur)
 		if err := storage.Truncate(i.data, host+cur, mode); err != nil {
 			return err
 		}
@@ -218,7 +217,6 @@ func (i *Image) preallocateData(oldLength, size int64, mode string) error {
 		return i.corruption(true, "Preallocated data clusters are in use")
 	}
 	newFileSize := allocStart + nbData*i.clusterSize
-	i.raiseKnownEnd(newFileSize)
 	if err := storage.Truncate(i.f, newFileSize, mode); err != nil {
 		i.freeClusters(allocStart, nbData*i.clusterSize, discardOther)
 		return fmt.Errorf("Failed to resize underlying file: %w", err)

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"syscall"
 
 	"github.com/qimg/qimg/block"
@@ -23,11 +22,6 @@ var (
 // bits, and marks persistent bitmaps in use (qimg does not track writes in
 // them, so QEMU will treat them as inconsistent).
 func (i *Image) openForWriting() error {
-	n, err := i.data.Size()
-	if err != nil {
-		return err
-	}
-	atomic.StoreInt64(&i.knownEnd, n)
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	update := i.ext.BitmapsInconsistent
@@ -78,19 +72,8 @@ func (i *Image) markBitmapsInUse() error {
 	return i.writeSync(dir, int64(bm.DirectoryOffset))
 }
 
-// raiseKnownEnd records that the data file may hold data up to end.
-func (i *Image) raiseKnownEnd(end int64) {
-	for {
-		cur := atomic.LoadInt64(&i.knownEnd)
-		if end <= cur || atomic.CompareAndSwapInt64(&i.knownEnd, cur, end) {
-			return
-		}
-	}
-}
-
 // writeData writes guest data (or COW data) to the data file.
 func (i *Image) writeData(p []byte, host int64) error {
-	i.raiseKnownEnd(host + int64(len(p)))
 	_, err := i.data.WriteAt(p, host)
 	return err
 }
@@ -176,38 +159,65 @@ func (i *Image) writeChunk(p []byte, off int64) (int64, error) {
 
 // cowPlan says how to fill the COW regions of one allocation.
 type cowPlan struct {
-	// skipStart and skipEnd are set when a region reads as zeroes and its
-	// host space was never written, so it needs no write.
-	skipStart, skipEnd bool
-	// zeroStart and zeroEnd are set when a region reads as zeroes.
+	// zeroStart and zeroEnd are set when a region reads as zeroes, so
+	// it needs no reading.
 	zeroStart, zeroEnd bool
 }
 
-// planCow decides, under the lock, which COW regions need reading and
-// writing.
+// planCow records, under the lock, which COW regions read as zeroes.
 func (i *Image) planCow(metas *l2Meta) []cowPlan {
 	var plans []cowPlan
-	known := atomic.LoadInt64(&i.knownEnd)
 	for m := metas; m != nil; m = m.next {
-		var c cowPlan
-		if !m.keepOld {
-			c.zeroStart, c.zeroEnd = m.zeroStart, m.zeroEnd
-			c.skipStart = m.zeroStart && m.allocOffset+m.cowStart.offset >= known
-			c.skipEnd = m.zeroEnd && m.allocOffset+m.cowEnd.offset >= known
-		}
-		plans = append(plans, c)
+		plans = append(plans, cowPlan{zeroStart: m.zeroStart, zeroEnd: m.zeroEnd})
 	}
 	return plans
+}
+
+// zeroAllocations initialises allocations whose COW regions read as zeroes
+// by zeroing their whole range in the data file (FALLOC_FL_ZERO_RANGE),
+// which is cheaper than writing zeroes; their COW is then done (QEMU's
+// handle_alloc_space). Files that cannot zero ranges get the zeroes
+// written by the COW.
+func (i *Image) zeroAllocations(metas *l2Meta, plans []cowPlan) error {
+	z, ok := i.data.(storage.ZeroRanger)
+	if !ok || i.hdr.CryptMethod != cryptNone {
+		return nil
+	}
+	k := 0
+	for m := metas; m != nil; m, k = m.next, k+1 {
+		if (m.cowStart.bytes == 0 && m.cowEnd.bytes == 0) || !plans[k].zeroStart || !plans[k].zeroEnd {
+			continue
+		}
+		start := m.allocOffset + m.cowStart.offset
+		n := m.cowEnd.offset + m.cowEnd.bytes - m.cowStart.offset
+		i.mu.Lock()
+		err := i.dataOverlapCheck(start, n)
+		i.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if err := z.ZeroRange(start, n); err != nil {
+			if errors.Is(err, storage.ErrNotSupported) {
+				continue
+			}
+			return err
+		}
+		m.skipCow = true
+	}
+	return nil
 }
 
 // writeWithCow writes guest data and fills the COW regions of the
 // allocations around it: in one write when a single allocation surrounds
 // the data, as QEMU merges them.
 func (i *Image) writeWithCow(data []byte, off, host int64, metas *l2Meta, plans []cowPlan) error {
+	if err := i.zeroAllocations(metas, plans); err != nil {
+		return err
+	}
 	var single *l2Meta
 	count := 0
 	for m := metas; m != nil; m = m.next {
-		if m.cowStart.bytes > 0 || m.cowEnd.bytes > 0 {
+		if (m.cowStart.bytes > 0 || m.cowEnd.bytes > 0) && !m.skipCow {
 			single = m
 			count++
 		}
@@ -243,19 +253,10 @@ func indexOf(metas *l2Meta, x *l2Meta) int {
 	return k
 }
 
-// writeMerged writes [COW start][data][COW end] of one allocation, leaving
-// out zero regions that need no writing.
+// writeMerged writes [COW start][data][COW end] of one allocation in one
+// write.
 func (i *Image) writeMerged(m *l2Meta, plan cowPlan, data []byte) error {
 	startLen, endLen := m.cowStart.bytes, m.cowEnd.bytes
-	if plan.skipStart {
-		startLen = 0
-	}
-	if plan.skipEnd {
-		endLen = 0
-	}
-	if startLen == 0 && endLen == 0 {
-		return i.writeData(data, m.allocOffset+m.cowStart.offset+m.cowStart.bytes)
-	}
 	buf := make([]byte, startLen+int64(len(data))+endLen)
 	if startLen > 0 && !plan.zeroStart {
 		if err := i.readGuest(buf[:startLen], m.offset+m.cowStart.offset); err != nil {
@@ -268,8 +269,7 @@ func (i *Image) writeMerged(m *l2Meta, plan cowPlan, data []byte) error {
 			return err
 		}
 	}
-	host := m.allocOffset + m.cowStart.offset + m.cowStart.bytes - startLen
-	return i.writeData(buf, host)
+	return i.writeData(buf, m.allocOffset+m.cowStart.offset)
 }
 
 // performCow copies the old content of an allocation's COW regions into
@@ -279,10 +279,10 @@ func (i *Image) performCow(m *l2Meta, plan cowPlan) error {
 		return nil
 	}
 	for _, r := range []struct {
-		reg        cowRegion
-		skip, zero bool
-	}{{m.cowStart, plan.skipStart, plan.zeroStart}, {m.cowEnd, plan.skipEnd, plan.zeroEnd}} {
-		if r.reg.bytes == 0 || r.skip {
+		reg  cowRegion
+		zero bool
+	}{{m.cowStart, plan.zeroStart}, {m.cowEnd, plan.zeroEnd}} {
+		if r.reg.bytes == 0 {
 			continue
 		}
 		buf := make([]byte, r.reg.bytes)
@@ -299,8 +299,10 @@ func (i *Image) performCow(m *l2Meta, plan cowPlan) error {
 }
 
 // WriteZeroes makes [off, off+n) read as zeroes. Whole subclusters become
-// zero clusters (freed with MayUnmap); partial ones at the edges get zero
-// bytes written, unless NoFallback forbids it.
+// zero clusters (freed with MayUnmap); a partial one at an edge does too
+// when the rest of it already reads as zeroes, and otherwise gets zero
+// bytes written, unless NoFallback forbids it (as QEMU's block layer and
+// qcow2_co_pwrite_zeroes share the work).
 func (i *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 	i.mu.Lock()
 	err := i.checkWritable()
@@ -313,32 +315,97 @@ func (i *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 		return err
 	}
 	end := off + n
-	start := (off + i.subSize - 1) &^ (i.subSize - 1)
-	alignedEnd := end &^ (i.subSize - 1)
+	start := min((off+i.subSize-1)&^(i.subSize-1), end)
+	alignedEnd := max(end&^(i.subSize-1), start)
 	if end == size {
 		alignedEnd = end
 	}
-	if start >= alignedEnd {
-		return i.zeroFallback(off, n, flags)
-	}
 	if start > off {
-		if err := i.zeroFallback(off, start-off, flags); err != nil {
+		if err := i.zeroPartial(off, start-off, size, flags); err != nil {
 			return err
 		}
 	}
-	i.mu.Lock()
-	err = i.zeroize(start, alignedEnd-start, flags&block.MayUnmap != 0)
-	i.mu.Unlock()
-	if errors.Is(err, errNotSupported) {
-		err = i.zeroFallback(start, alignedEnd-start, flags)
-	}
-	if err != nil {
-		return err
+	if alignedEnd > start {
+		i.mu.Lock()
+		err = i.zeroize(start, alignedEnd-start, flags&block.MayUnmap != 0)
+		i.mu.Unlock()
+		if errors.Is(err, errNotSupported) {
+			err = i.zeroFallback(start, alignedEnd-start, flags)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	if alignedEnd < end {
-		return i.zeroFallback(alignedEnd, end-alignedEnd, flags)
+		return i.zeroPartial(alignedEnd, end-alignedEnd, size, flags)
 	}
 	return nil
+}
+
+// zeroPartial zeroes part of one subcluster: the whole subcluster becomes
+// a zero one when the rest of it reads as zeroes and it holds no data;
+// otherwise zero bytes are written.
+func (i *Image) zeroPartial(off, n, size int64, flags block.ZeroFlags) error {
+	scStart := off &^ (i.subSize - 1)
+	scEnd := min(scStart+i.subSize, size)
+	if i.readsZero(scStart, off-scStart) && i.readsZero(off+n, scEnd-off-n) {
+		i.mu.Lock()
+		m, err := i.getHostOffset(scStart, scEnd-scStart)
+		if err == nil && m.bytes >= scEnd-scStart && m.typ != subNormal && m.typ != subCompressed {
+			err = i.zeroize(scStart, scEnd-scStart, flags&block.MayUnmap != 0)
+			i.mu.Unlock()
+			if err == nil || !errors.Is(err, errNotSupported) {
+				return err
+			}
+		} else {
+			i.mu.Unlock()
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return i.zeroFallback(off, n, flags)
+}
+
+// readsZero reports whether [off, off+n) reads as zeroes as far as the
+// metadata of the image and its backing chain tell.
+func (i *Image) readsZero(off, n int64) bool {
+	for n > 0 {
+		i.mu.Lock()
+		m, err := i.getHostOffset(off, n)
+		backing := i.backing
+		i.mu.Unlock()
+		if err != nil {
+			return false
+		}
+		switch m.typ {
+		case subZeroPlain, subZeroAlloc:
+		case subUnallocatedPlain, subUnallocatedAlloc:
+			if backing != nil && !backingReadsZero(backing, off, m.bytes) {
+				return false
+			}
+		default:
+			return false
+		}
+		off += m.bytes
+		n -= m.bytes
+	}
+	return true
+}
+
+// backingReadsZero reports whether a backing image reads as zeroes over a
+// range (past its end it does).
+func backingReadsZero(b block.Image, off, n int64) bool {
+	size := b.Size()
+	for n > 0 && off < size {
+		e, err := b.BlockStatus(off, min(n, size-off))
+		if err != nil || !e.Has(block.Zero) || e.Length <= 0 {
+			return false
+		}
+		off += e.Length
+		n -= e.Length
+	}
+	return true
 }
 
 // zeroize makes an aligned range read as zeroes through the metadata,
