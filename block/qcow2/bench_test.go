@@ -120,3 +120,19 @@ func BenchmarkWriteCompressed64K(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkWriteAlloc4K writes 4 KiB into a fresh cluster each time, so
+// every write allocates (and zero-initialises) a cluster.
+func BenchmarkWriteAlloc4K(b *testing.B) {
+	const stride = 64 << 10
+	n := benchImage(b, 64<<30, false)
+	buf := oracle.RandomBytes(9, 4096)
+	b.SetBytes(4096)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for k := 0; b.Loop(); k++ {
+		if _, err := n.WriteAt(buf, int64(k)*stride%(64<<30)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
