@@ -60,6 +60,9 @@ type DriverOptions struct {
 	// NoIO is set when the image is opened only to look at its metadata
 	// (OpenOptions.NoIO): encrypted formats then need no key.
 	NoIO bool
+	// ForCheck is set when the image is opened to be checked or repaired
+	// (OpenOptions.ForCheck).
+	ForCheck bool
 	// Options holds the driver's runtime options (see OpenSpecser); never
 	// nil.
 	Options *Options

@@ -83,6 +83,10 @@ type OpenOptions struct {
 	// NoBacking leaves the backing chain closed; unallocated ranges then
 	// read as zeroes.
 	NoBacking bool
+	// ForCheck opens the image to check or repair it (QEMU's
+	// BDRV_O_CHECK): a format may then open an image it would otherwise
+	// refuse, such as one marked corrupt, so that check -r can fix it.
+	ForCheck bool
 	// DriverOptions are the format's runtime options ("l2-cache-size").
 	DriverOptions map[string]string
 }
@@ -254,6 +258,7 @@ func (e *Env) driverOptions(drv Driver, name string, o OpenOptions, probed bool,
 		Write:    o.Write,
 		Probed:   probed,
 		NoIO:     o.NoIO,
+		ForCheck: o.ForCheck,
 		Options:  opts,
 		Env:      e,
 		OpenRelated: func(related string, write bool) (storage.File, error) {

@@ -22,6 +22,8 @@ type openSpec struct {
 	noShare bool
 	// writeBacking opens the chain read-write (commit).
 	writeBacking bool
+	// forCheck opens the image for check or repair (check).
+	forCheck bool
 }
 
 // openImage opens an image as qemu-img's img_open does, printing
@@ -37,6 +39,7 @@ func (a *App) openImage(filename string, s openSpec) (*block.Node, bool) {
 		NoBacking:    s.noBacking,
 		NoIO:         s.noIO,
 		NoShare:      s.noShare,
+		ForCheck:     s.forCheck,
 	}
 	var iopts *imageOpts
 	if s.imageOpts {
