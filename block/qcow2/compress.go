@@ -29,9 +29,11 @@ type codec struct {
 	kind        uint8
 	clusterSize int
 	inflaters   sync.Pool // flate readers
-	deflaters   sync.Pool // *flate.Writer
+	deflaters   sync.Pool // *flate.Writer with the 4 KiB window
+	huffmen     sync.Pool // *flate.Writer, Huffman only
 	zdecoders   sync.Pool // *zstd.Decoder
-	zencoders   sync.Pool // *zstd.Encoder
+	zencoders   sync.Pool // *zstd.Encoder, default level
+	zbetter     sync.Pool // *zstd.Encoder, better compression
 }
 
 func newCodec(kind uint8, clusterSize int) *codec {
@@ -119,32 +121,88 @@ var errTooLarge = errors.New("compressed data does not fit")
 func (c *codec) compress(dst, src []byte) ([]byte, error) {
 	limit := c.clusterSize - 1
 	if c.kind == compressionZstd {
-		var e *zstd.Encoder
-		if v := c.zencoders.Get(); v != nil {
-			e = v.(*zstd.Encoder)
-		} else {
-			var err error
-			e, err = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault),
-				zstd.WithWindowSize(zstdWindow(c.clusterSize)))
+		out, err := c.zstdEncode(&c.zencoders, zstd.SpeedDefault, dst, src, limit)
+		if err != nil {
+			return nil, err
+		}
+		// As with deflate below: the fast levels store literals of
+		// blocks without matches raw; a better level codes them.
+		if out == nil || len(out) > len(src)-len(src)/16 {
+			var alt []byte
+			if out == nil {
+				alt = dst
+			}
+			b, err := c.zstdEncode(&c.zbetter, zstd.SpeedBetterCompression, alt, src, limit)
 			if err != nil {
 				return nil, err
 			}
-		}
-		out := e.EncodeAll(src, dst[:0])
-		c.zencoders.Put(e)
-		if len(out) > limit {
-			return nil, nil
+			if b != nil && (out == nil || len(b) < len(out)) {
+				out = b
+			}
 		}
 		return out, nil
 	}
+	out, err := c.deflate(&c.deflaters, dst, src, limit, func(w io.Writer) (*flate.Writer, error) {
+		return flate.NewWriterWindow(w, deflateWindow)
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The windowed encoder stores blocks in which it finds no match,
+	// even when their bytes are skewed (text, base64) and zlib would
+	// Huffman-code them; try Huffman only (no back-references, so valid
+	// for any window) when matching gained little.
+	if out == nil || len(out) > len(src)-len(src)/16 {
+		var alt []byte
+		if out == nil {
+			alt = dst
+		}
+		h, err := c.deflate(&c.huffmen, alt, src, limit, func(w io.Writer) (*flate.Writer, error) {
+			return flate.NewWriter(w, flate.HuffmanOnly)
+		})
+		if err != nil {
+			return nil, err
+		}
+		if h != nil && (out == nil || len(h) < len(out)) {
+			out = h
+		}
+	}
+	return out, nil
+}
+
+// zstdEncode compresses src at a level with an encoder from pool into
+// dst's capacity; nil when the output exceeds limit.
+func (c *codec) zstdEncode(pool *sync.Pool, level zstd.EncoderLevel, dst, src []byte, limit int) ([]byte, error) {
+	var e *zstd.Encoder
+	if v := pool.Get(); v != nil {
+		e = v.(*zstd.Encoder)
+	} else {
+		var err error
+		e, err = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(level),
+			zstd.WithWindowSize(zstdWindow(c.clusterSize)))
+		if err != nil {
+			return nil, err
+		}
+	}
+	out := e.EncodeAll(src, dst[:0])
+	pool.Put(e)
+	if len(out) > limit {
+		return nil, nil
+	}
+	return out, nil
+}
+
+// deflate compresses src with a writer from pool (made by mk when the
+// pool is empty) into dst's capacity; nil when the output exceeds limit.
+func (c *codec) deflate(pool *sync.Pool, dst, src []byte, limit int, mk func(io.Writer) (*flate.Writer, error)) ([]byte, error) {
 	buf := &limitedBuffer{b: dst[:0], limit: limit}
 	var w *flate.Writer
-	if v := c.deflaters.Get(); v != nil {
+	if v := pool.Get(); v != nil {
 		w = v.(*flate.Writer)
 		w.Reset(buf)
 	} else {
 		var err error
-		w, err = flate.NewWriterWindow(buf, deflateWindow)
+		w, err = mk(buf)
 		if err != nil {
 			return nil, err
 		}
@@ -153,7 +211,7 @@ func (c *codec) compress(dst, src []byte) ([]byte, error) {
 	if err == nil {
 		err = w.Close()
 	}
-	c.deflaters.Put(w)
+	pool.Put(w)
 	if buf.over {
 		return nil, nil
 	}

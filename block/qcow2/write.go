@@ -540,7 +540,9 @@ func (i *Image) Close() error {
 }
 
 // WriteCompressed writes one whole cluster compressed (the last cluster of
-// an image whose size is not a multiple of the cluster size may be short).
+// an image whose size is not a multiple of the cluster size may be short);
+// an empty write ends a run of compressed writes by aligning the end of the
+// file to a sector, as qemu-img convert -c asks QEMU to.
 // When compression does not make it smaller than a cluster, the cluster is
 // written uncompressed, as QEMU does. As in QEMU, the cluster must not be
 // allocated yet, and images with an external data file cannot hold
@@ -563,7 +565,13 @@ func (i *Image) WriteCompressed(p []byte, off int64) error {
 		return errNotSupported
 	}
 	if len(p) == 0 {
-		return nil
+		// The end of a run of compressed writes: align the end of the
+		// file to a sector, as QEMU does.
+		size, err := i.f.Size()
+		if err != nil || size%sectorSize == 0 {
+			return err
+		}
+		return i.f.Truncate((size + sectorSize - 1) &^ (sectorSize - 1))
 	}
 	if i.inCluster(off) != 0 || int64(len(p)) > i.clusterSize ||
 		(int64(len(p)) < i.clusterSize && off+int64(len(p)) != size) {

@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -475,6 +476,15 @@ func TestInteropCompressedReadByQEMU(t *testing.T) {
 				if err := c.WriteCompressed(rnd, 2*cs); err != nil {
 					t.Fatal(err)
 				}
+				// Skewed bytes without repeats (base64), which only
+				// Huffman coding shrinks.
+				b64 := []byte(base64.StdEncoding.EncodeToString(oracle.RandomBytes(uint64(bits)+200, int(cs))))[:cs]
+				if err := c.WriteCompressed(b64, 3*cs); err != nil {
+					t.Fatal(err)
+				}
+				if e, err := n.BlockStatus(3*cs, cs); err != nil || !e.Has(block.Compressed) {
+					t.Fatalf("base64 cluster not compressed: %+v %v", e, err)
+				}
 				if err := n.Close(); err != nil {
 					t.Fatal(err)
 				}
@@ -484,6 +494,7 @@ func TestInteropCompressedReadByQEMU(t *testing.T) {
 				copy(want, bytes.Repeat([]byte{0x5a}, int(cs)))
 				copy(want[cs:], rep)
 				copy(want[2*cs:], rnd)
+				copy(want[3*cs:], b64)
 				raw := filepath.Join(dir, "want.raw")
 				if err := os.WriteFile(raw, want, 0o644); err != nil {
 					t.Fatal(err)
