@@ -362,14 +362,20 @@ type bitmapsExt struct {
 
 // Extensions are the decoded header extensions.
 type Extensions struct {
+	// BackingFormat is the backing file format name, when recorded.
 	BackingFormat    string
 	HasBackingFormat bool
-	DataFile         string
-	HasDataFile      bool
-	Features         []feature
-	HasFeatures      bool
-	Crypto           *cryptoHeader
-	Bitmaps          *bitmapsExt
+	// DataFile is the external data file name, when recorded.
+	DataFile    string
+	HasDataFile bool
+	// Features is the feature name table, when present.
+	Features    []feature
+	HasFeatures bool
+	// Crypto points to the LUKS header, when present.
+	Crypto *cryptoHeader
+	// Bitmaps describes the bitmap directory, when present and vouched
+	// for by the autoclear bit.
+	Bitmaps *bitmapsExt
 	// BitmapsInconsistent is set when a bitmaps extension is present but
 	// the autoclear bit that vouches for it is clear: a program without
 	// bitmap support changed the image.

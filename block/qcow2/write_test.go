@@ -3,6 +3,7 @@ package qcow2
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -553,4 +554,52 @@ func TestInteropRefcountTableGrowth(t *testing.T) {
 		t.Fatal(err)
 	}
 	oracle.Compare(t, img, "qcow2", raw, "raw")
+}
+
+// TestLongHeaderKept rewrites the header of an image whose header_length
+// is beyond what QEMU 7.2 knows: the unknown fields and unknown extensions
+// survive.
+func TestLongHeaderKept(t *testing.T) {
+	env, fs := testEnv(t)
+	img := testImage(t, "v3-512.qcow2")
+	c := firstCluster(t, img)
+	long := make([]byte, 0, len(img))
+	long = append(long, c[:headerV3Length]...)
+	long = append(long, 1, 2, 3, 4, 5, 6, 7, 8)
+	var exts []byte
+	exts = appendExtension(exts, 0xabcd0001, []byte("kept"))
+	long = append(long, exts...)
+	long = append(long, c[headerV3Length:len(c)-8-len(exts)]...)
+	long = append(long, img[len(c):]...)
+	binary.BigEndian.PutUint32(long[100:], headerV3Length+8)
+	f := storage.NewMemFile("long.qcow2")
+	f.WriteAt(long, 0)
+	fs.Put("long.qcow2", f)
+	n, err := env.Open("long.qcow2", block.OpenOptions{Write: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Image.(block.BackingChanger).ChangeBackingFile("base.raw", "raw"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.WriteAt([]byte("data"), 100); err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	out := make([]byte, 512)
+	fs.File("long.qcow2").ReadAt(out, 0)
+	h, err := DecodeHeader(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := ParseExtensions(out, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.HeaderLength != headerV3Length+8 || !bytes.Equal(h.UnknownFields, []byte{1, 2, 3, 4, 5, 6, 7, 8}) {
+		t.Fatalf("header length %d, unknown fields %v", h.HeaderLength, h.UnknownFields)
+	}
+	if len(x.Unknown) != 1 || string(x.Unknown[0].Data) != "kept" || x.BackingFormat != "raw" {
+		t.Fatalf("extensions %+v", x)
+	}
 }
