@@ -3,33 +3,40 @@ package copyengine
 import (
 	"bytes"
 	"encoding/binary"
+	"runtime"
 )
 
 // sectorSize is the unit of zero detection and of positions inside a copy,
 // as in QEMU (BDRV_SECTOR_SIZE).
 const sectorSize = 512
 
-// zeroBlock is compared against; it is never written.
-var zeroBlock [zeroScanBlock]byte
+// countScan says whether bytes.Count is a vector loop on this
+// architecture; elsewhere it counts byte by byte and the word loop is
+// faster.
+const countScan = runtime.GOARCH == "amd64" || runtime.GOARCH == "arm64"
 
 // IsZero reports whether b holds only zero bytes. It checks the first eight
-// 64-bit words, so data is rejected after a few loads, then compares the
-// rest against a block of zeroes with bytes.Equal, which the runtime does
-// with vector instructions, so a zero buffer is scanned at memory speed.
+// 64-bit words, so data is rejected after a few loads; the rest is scanned
+// in blocks by counting its zero bytes with bytes.Count, a single pass of
+// vector instructions on amd64 and arm64 (about three times faster than
+// comparing with a zero buffer when b has just been read into), or by
+// 64-bit words elsewhere.
 func IsZero(b []byte) bool {
-	if len(b) >= 64 && !wordsZero(b[:64]) {
+	if len(b) < 64 || !countScan {
+		return wordsZero(b)
+	}
+	if !wordsZero(b[:64]) {
 		return false
 	}
-	for len(b) >= zeroScanBlock {
-		if !bytes.Equal(b[:zeroScanBlock], zeroBlock[:]) {
+	zero := []byte{0}
+	for len(b) > 0 {
+		n := min(len(b), zeroScanBlock)
+		if bytes.Count(b[:n], zero) != n {
 			return false
 		}
-		b = b[zeroScanBlock:]
+		b = b[n:]
 	}
-	if len(b) >= 4096 {
-		return bytes.Equal(b, zeroBlock[:len(b)])
-	}
-	return wordsZero(b)
+	return true
 }
 
 // wordsZero is IsZero for short buffers: eight 64-bit words at a time.
