@@ -666,12 +666,31 @@ func (i *Image) openDataFile(o *block.DriverOptions) error {
 	}
 	df, err := o.OpenRelated(name, o.Write)
 	if err != nil {
-		return err
+		if !o.NoIO {
+			return err
+		}
+		// qemu-img info shows an image whose data file is missing.
+		df = unopenedFile{name: name, err: err}
 	}
 	i.data, i.hasDataFile, i.dataFileOwned = df, true, true
 	i.layout.dataFile = true
 	return nil
 }
+
+// unopenedFile stands for a data file that could not be opened when the
+// image was opened only for its metadata; any I/O fails with the reason.
+type unopenedFile struct {
+	name string
+	err  error
+}
+
+func (u unopenedFile) ReadAt([]byte, int64) (int, error)  { return 0, u.err }
+func (u unopenedFile) WriteAt([]byte, int64) (int, error) { return 0, u.err }
+func (u unopenedFile) Name() string                       { return u.name }
+func (u unopenedFile) Size() (int64, error)               { return 0, u.err }
+func (u unopenedFile) Truncate(int64) error               { return u.err }
+func (u unopenedFile) Sync() error                        { return nil }
+func (u unopenedFile) Close() error                       { return nil }
 
 // readSnapshotTable reads n snapshot table entries at off, entry by entry,
 // bounding the table as QEMU does.

@@ -100,17 +100,18 @@ func TestInteropQcow2Info(t *testing.T) {
 			"off=$(od -An -t u8 -j 64 -N 8 --endian=big img | tr -d ' ') && " +
 			"dd if=/dev/zero of=img bs=1 seek=$((off+16)) count=8 conv=notrunc 2>/dev/null && " +
 			"dd if=/dev/zero of=img bs=1 seek=$((off+72+16)) count=8 conv=notrunc 2>/dev/null",
-		"bitmaps":   "qemu-img create -q -f qcow2 img 1M && qemu-img bitmap --add img b0 && qemu-img bitmap --add -g 128k --disable img b1",
-		"data file": "qemu-img create -q -f qcow2 -o data_file=d.raw img 1M && qemu-io -f qcow2 -c 'write 0 64k' img >/dev/null",
-		"backing":   "qemu-img create -q -f raw base 1M && qemu-img create -q -f qcow2 -b base -F raw img",
-		"written":   "qemu-img create -q -f qcow2 img 1M && qemu-io -f qcow2 -c 'write -P 1 0 512k' -c 'write -c 512k 64k' img >/dev/null",
-		"aes":       "qemu-img create -q --object secret,id=s0,data=abc -f qcow2 -o encrypt.format=aes,encrypt.key-secret=s0 img 1M",
-		"corrupt":   "qemu-img create -q -f qcow2 img 1M && printf '\\002' | dd of=img bs=1 seek=79 conv=notrunc 2>/dev/null",
-		"dirty":     "qemu-img create -q -f qcow2 -o lazy_refcounts=on img 1M && printf '\\001' | dd of=img bs=1 seek=79 conv=notrunc 2>/dev/null",
-		"v2":        "qemu-img create -q -f qcow2 -o compat=0.10 img 1M",
-		"zstd":      "qemu-img create -q -f qcow2 -o compression_type=zstd img 1M",
-		"extl2":     "qemu-img create -q -f qcow2 -o extended_l2=on img 1M",
-		"raw data":  "qemu-img create -q -f qcow2 -o data_file=d.raw,data_file_raw=on img 1M",
+		"bitmaps":           "qemu-img create -q -f qcow2 img 1M && qemu-img bitmap --add img b0 && qemu-img bitmap --add -g 128k --disable img b1",
+		"data file":         "qemu-img create -q -f qcow2 -o data_file=d.raw img 1M && qemu-io -f qcow2 -c 'write 0 64k' img >/dev/null",
+		"backing":           "qemu-img create -q -f raw base 1M && qemu-img create -q -f qcow2 -b base -F raw img",
+		"written":           "qemu-img create -q -f qcow2 img 1M && qemu-io -f qcow2 -c 'write -P 1 0 512k' -c 'write -c 512k 64k' img >/dev/null",
+		"aes":               "qemu-img create -q --object secret,id=s0,data=abc -f qcow2 -o encrypt.format=aes,encrypt.key-secret=s0 img 1M",
+		"corrupt":           "qemu-img create -q -f qcow2 img 1M && printf '\\002' | dd of=img bs=1 seek=79 conv=notrunc 2>/dev/null",
+		"dirty":             "qemu-img create -q -f qcow2 -o lazy_refcounts=on img 1M && printf '\\001' | dd of=img bs=1 seek=79 conv=notrunc 2>/dev/null",
+		"v2":                "qemu-img create -q -f qcow2 -o compat=0.10 img 1M",
+		"zstd":              "qemu-img create -q -f qcow2 -o compression_type=zstd img 1M",
+		"extl2":             "qemu-img create -q -f qcow2 -o extended_l2=on img 1M",
+		"raw data":          "qemu-img create -q -f qcow2 -o data_file=d.raw,data_file_raw=on img 1M",
+		"missing data file": "qemu-img create -q -f qcow2 -o data_file=d.raw img 1M && rm d.raw",
 	}
 	for name, shell := range setups {
 		for _, out := range []string{"human", "json"} {
