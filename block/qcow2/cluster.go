@@ -772,11 +772,11 @@ func (i *Image) removeInflight(m *l2Meta) {
 	}
 }
 
-// discardInL2Slice discards as many of nb clusters at off as one L2 slice
-// holds and returns how many (QEMU's discard_in_l2_slice). With full, the
-// clusters become unallocated (reading from the backing file); otherwise
-// they read as zeroes where the format can say so.
-func (i *Image) discardInL2Slice(off, nb int64, kind discardKind, full bool) (int64, error) {
+// rewriteL2Slice changes the entries of as many of nb clusters at off as
+// one L2 slice holds, and returns how many that is. change gives each
+// entry's new value and bitmap, and whether the cluster it referenced is
+// freed (for reason kind).
+func (i *Image) rewriteL2Slice(off, nb int64, kind discardKind, change func(entry, bitmap uint64) (uint64, uint64, bool)) (int64, error) {
 	e, l2Index, err := i.getClusterTable(off)
 	if err != nil {
 		return 0, err
@@ -785,21 +785,7 @@ func (i *Image) discardInL2Slice(off, nb int64, kind discardKind, full bool) (in
 	nb = min(nb, int64(i.l2SliceSize-l2Index))
 	for k := 0; k < int(nb); k++ {
 		oldEntry, oldBitmap := i.l2Entry(e.data, l2Index+k)
-		newEntry, newBitmap := oldEntry, oldBitmap
-		t := i.layout.classify(oldEntry)
-		allocated := t == clusterNormal || t == clusterCompressed || t == clusterZeroAlloc
-		switch {
-		case full:
-			newEntry, newBitmap = 0, 0
-		case i.backing != nil || allocated:
-			if i.subPerClus > 1 {
-				newEntry, newBitmap = 0, l2BitmapAllZero
-			} else if i.hdr.Version >= 3 {
-				newEntry = oflagZero
-			} else {
-				newEntry = 0
-			}
-		}
+		newEntry, newBitmap, free := change(oldEntry, oldBitmap)
 		if oldEntry == newEntry && oldBitmap == newBitmap {
 			continue
 		}
@@ -808,9 +794,38 @@ func (i *Image) discardInL2Slice(off, nb int64, kind discardKind, full bool) (in
 		if i.subPerClus > 1 {
 			i.setL2Bitmap(e.data, l2Index+k, newBitmap)
 		}
-		i.freeAnyCluster(oldEntry, kind)
+		if free {
+			i.freeAnyCluster(oldEntry, kind)
+		}
 	}
 	return nb, nil
+}
+
+// allocatedType reports whether a cluster type has a host cluster.
+func allocatedType(t clusterType) bool {
+	return t == clusterNormal || t == clusterCompressed || t == clusterZeroAlloc
+}
+
+// discardInL2Slice discards as many of nb clusters at off as one L2 slice
+// holds and returns how many (QEMU's discard_in_l2_slice). With full, the
+// clusters become unallocated (reading from the backing file); otherwise
+// they read as zeroes where the format can say so.
+func (i *Image) discardInL2Slice(off, nb int64, kind discardKind, full bool) (int64, error) {
+	return i.rewriteL2Slice(off, nb, kind, func(entry, bitmap uint64) (uint64, uint64, bool) {
+		switch {
+		case full:
+			return 0, 0, true
+		case i.backing != nil || allocatedType(i.layout.classify(entry)):
+			if i.subPerClus > 1 {
+				return 0, l2BitmapAllZero, true
+			}
+			if i.hdr.Version >= 3 {
+				return oflagZero, bitmap, true
+			}
+			return 0, bitmap, true
+		}
+		return entry, bitmap, true
+	})
 }
 
 // clusterDiscard discards whole clusters in [off, off+bytes); the end may
@@ -837,39 +852,17 @@ func (i *Image) clusterDiscard(off, bytes int64, kind discardKind, full bool) er
 // L2 slice holds (QEMU's zero_in_l2_slice). With unmap, allocated clusters
 // are freed.
 func (i *Image) zeroInL2Slice(off, nb int64, unmap bool) (int64, error) {
-	e, l2Index, err := i.getClusterTable(off)
-	if err != nil {
-		return 0, err
-	}
-	defer i.l2Cache.put(e)
-	nb = min(nb, int64(i.l2SliceSize-l2Index))
-	for k := 0; k < int(nb); k++ {
-		oldEntry, oldBitmap := i.l2Entry(e.data, l2Index+k)
-		t := i.layout.classify(oldEntry)
-		allocated := t == clusterNormal || t == clusterCompressed || t == clusterZeroAlloc
-		free := t == clusterCompressed || (unmap && allocated)
-		newEntry, newBitmap := oldEntry, oldBitmap
+	return i.rewriteL2Slice(off, nb, discardRequest, func(entry, bitmap uint64) (uint64, uint64, bool) {
+		t := i.layout.classify(entry)
+		free := t == clusterCompressed || (unmap && allocatedType(t))
 		if free {
-			newEntry = 0
+			entry = 0
 		}
 		if i.subPerClus > 1 {
-			newBitmap = l2BitmapAllZero
-		} else {
-			newEntry |= oflagZero
+			return entry, l2BitmapAllZero, free
 		}
-		if oldEntry == newEntry && oldBitmap == newBitmap {
-			continue
-		}
-		i.l2Cache.markDirty(e)
-		i.setL2Entry(e.data, l2Index+k, newEntry)
-		if i.subPerClus > 1 {
-			i.setL2Bitmap(e.data, l2Index+k, newBitmap)
-		}
-		if free {
-			i.freeAnyCluster(oldEntry, discardRequest)
-		}
-	}
-	return nb, nil
+		return entry | oflagZero, bitmap, free
+	})
 }
 
 // zeroL2Subclusters marks n subclusters of one cluster, from the one at off

@@ -125,22 +125,11 @@ func (c *codec) compress(dst, src []byte) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		// As with deflate below: the fast levels store literals of
-		// blocks without matches raw; a better level codes them.
-		if out == nil || len(out) > len(src)-len(src)/16 {
-			var alt []byte
-			if out == nil {
-				alt = dst
-			}
-			b, err := c.zstdEncode(&c.zbetter, zstd.SpeedBetterCompression, alt, src, limit)
-			if err != nil {
-				return nil, err
-			}
-			if b != nil && (out == nil || len(b) < len(out)) {
-				out = b
-			}
-		}
-		return out, nil
+		// The fast levels store literals of blocks without matches raw;
+		// a better level codes them.
+		return orBetter(out, dst, src, func(d []byte) ([]byte, error) {
+			return c.zstdEncode(&c.zbetter, zstd.SpeedBetterCompression, d, src, limit)
+		})
 	}
 	out, err := c.deflate(&c.deflaters, dst, src, limit, func(w io.Writer) (*flate.Writer, error) {
 		return flate.NewWriterWindow(w, deflateWindow)
@@ -150,22 +139,32 @@ func (c *codec) compress(dst, src []byte) ([]byte, error) {
 	}
 	// The windowed encoder stores blocks in which it finds no match,
 	// even when their bytes are skewed (text, base64) and zlib would
-	// Huffman-code them; try Huffman only (no back-references, so valid
-	// for any window) when matching gained little.
-	if out == nil || len(out) > len(src)-len(src)/16 {
-		var alt []byte
-		if out == nil {
-			alt = dst
-		}
-		h, err := c.deflate(&c.huffmen, alt, src, limit, func(w io.Writer) (*flate.Writer, error) {
+	// Huffman-code them; Huffman only (no back-references, so valid for
+	// any window) codes them.
+	return orBetter(out, dst, src, func(d []byte) ([]byte, error) {
+		return c.deflate(&c.huffmen, d, src, limit, func(w io.Writer) (*flate.Writer, error) {
 			return flate.NewWriter(w, flate.HuffmanOnly)
 		})
-		if err != nil {
-			return nil, err
-		}
-		if h != nil && (out == nil || len(h) < len(out)) {
-			out = h
-		}
+	})
+}
+
+// orBetter returns out, or what retry makes when that is smaller. retry
+// runs only when out saved less than a sixteenth of src (nil: nothing); it
+// gets dst's capacity when out does not use it.
+func orBetter(out, dst, src []byte, retry func(dst []byte) ([]byte, error)) ([]byte, error) {
+	if out != nil && len(out) <= len(src)-len(src)/16 {
+		return out, nil
+	}
+	var d []byte
+	if out == nil {
+		d = dst
+	}
+	b, err := retry(d)
+	if err != nil {
+		return nil, err
+	}
+	if b != nil && (out == nil || len(b) < len(out)) {
+		return b, nil
 	}
 	return out, nil
 }
