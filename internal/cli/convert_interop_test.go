@@ -221,7 +221,17 @@ func TestConvertInterrupt(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(500 * time.Millisecond)
+			// Interrupt once the target exists at its full size: the
+			// copy has started.
+			for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				if st, err := os.Stat(dst); err == nil && st.Size() == 8<<20 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the target was not created")
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
 			cmd.Process.Signal(os.Interrupt)
 			err := cmd.Wait()
 			if err == nil || cmd.ProcessState.ExitCode() != 130 {
