@@ -75,15 +75,22 @@ func (i *Image) getHostOffset(off, n int64) (mapping, error) {
 	needed = min(needed, avail)
 	m := mapping{typ: subUnallocatedPlain}
 	l1Index := i.l1Index(off)
-	if l1Index >= int64(len(i.l1)) {
-		m.bytes = needed - inClus
+	if l1Index >= int64(len(i.l1)) || i.l1[l1Index]&l1OffsetMask == 0 {
+		// Without an L2 table the run goes on to the next L1 entry
+		// that has one (QEMU stops at the slice; the result is the
+		// same, in fewer steps).
+		span := int64(1) << uint(i.l2Bits+i.clusterBits)
+		end := (l1Index + 1) * span
+		for k := l1Index + 1; k < int64(len(i.l1)) && i.l1[k]&l1OffsetMask == 0 && end-off < n; k++ {
+			end += span
+		}
+		if l1Index+1 >= int64(len(i.l1)) {
+			end = off + n
+		}
+		m.bytes = min(n, end-off)
 		return m, nil
 	}
 	l2Offset := int64(i.l1[l1Index] & l1OffsetMask)
-	if l2Offset == 0 {
-		m.bytes = needed - inClus
-		return m, nil
-	}
 	if l2Offset&(i.clusterSize-1) != 0 {
 		return m, i.corruption(true, fmt.Sprintf("L2 table offset %#x unaligned (L1 index: %#x)", l2Offset, l1Index))
 	}

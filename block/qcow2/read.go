@@ -152,6 +152,15 @@ func (i *Image) BlockStatus(off, n int64) (block.Extent, error) {
 	if err != nil {
 		return block.Extent{}, err
 	}
+	// Runs without data continue past L2 slices while the type stays
+	// the same.
+	for k := 0; k < 1024 && m.bytes < n && m.typ != subNormal && m.typ != subCompressed && m.typ != subZeroAlloc; k++ {
+		next, err := i.getHostOffset(off+m.bytes, n-m.bytes)
+		if err != nil || next.typ != m.typ {
+			break
+		}
+		m.bytes += next.bytes
+	}
 	ext := block.Extent{Offset: off, Length: m.bytes}
 	encrypted := i.hdr.CryptMethod != cryptNone
 	switch m.typ {
