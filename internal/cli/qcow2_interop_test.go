@@ -73,6 +73,8 @@ func TestInteropQcow2Create(t *testing.T) {
 		diffCase{name: "create backing long name", args: c("create", "-f", "qcow2", "-o", "cluster_size=512", "-u", "-b", strings.Repeat("b", 1000), "-F", "raw", "img", "1M")},
 		diffCase{name: "create backing too long name", args: c("create", "-f", "qcow2", "-u", "-b", strings.Repeat("b", 1100), "-F", "raw", "img", "1M")},
 		diffCase{name: "create backing bad format", args: c("create", "-f", "qcow2", "-u", "-b", "x", "-F", "foo", "img", "1M")},
+		diffCase{name: "create data file in another directory", shell: "mkdir sub",
+			args: c("create", "-f", "qcow2", "-o", "data_file=dd.raw", "sub/img", "1M"), files: c("sub/img", "dd.raw", "sub/dd.raw")},
 		diffCase{name: "create help", args: c("create", "-f", "qcow2", "-o", "help")},
 		diffCase{name: "create help with file", args: c("create", "-f", "qcow2", "-o", "help", "img")},
 	)
