@@ -26,7 +26,8 @@ func FileProtocolSpecs() []OptionSpec { return append([]OptionSpec(nil), filePro
 var ErrTooBig = errors.New("image size too large")
 
 // HintedError is an error with an explanation QEMU prints on the lines after
-// the error line.
+// the error line. The hint is printed as it is, so it carries its own line
+// ends (QEMU's "Detected format of qcow2." has none).
 type HintedError struct {
 	Err  error
 	Hint string
@@ -123,7 +124,7 @@ func (e *Env) Create(p CreateParams) error {
 		full := CombinePath(p.Filename, backing)
 		b, err := e.Open(full, OpenOptions{Format: backingFmt, ForceShare: true, NoBacking: true, NoIO: true})
 		if err != nil {
-			return &HintedError{Err: err, Hint: "Could not open backing image."}
+			return &HintedError{Err: err, Hint: "Could not open backing image.\n"}
 		}
 		bsize, bname := b.Size(), b.Driver.Name()
 		b.Close()

@@ -227,7 +227,7 @@ func (o *Options) Set(name, value string) error {
 		if err != nil {
 			return &OptionError{
 				Msg:  fmt.Sprintf("Parameter '%s' expects a non-negative number below 2^64", name),
-				Hint: "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.",
+				Hint: "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.\n",
 			}
 		}
 		v.num = n

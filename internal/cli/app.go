@@ -126,16 +126,14 @@ func (a *App) usageError(format string, args ...any) int {
 }
 
 // reportErr prints err with an optional prefix, and any hint it carries on
-// the following lines.
+// the following lines. Hints are printed exactly as they are: QEMU's hints
+// carry their own line ends, and some (such as "Detected format of qcow2.")
+// have none.
 func (a *App) reportErr(prefix string, err error) {
 	a.errorf("%s%s", prefix, err)
 	var h interface{ ErrorHint() string }
 	if errors.As(err, &h) && h.ErrorHint() != "" {
-		hint := h.ErrorHint()
-		if !strings.HasSuffix(hint, "\n") {
-			hint += "\n"
-		}
-		io.WriteString(a.Stderr, hint)
+		io.WriteString(a.Stderr, h.ErrorHint())
 	}
 }
 

@@ -116,7 +116,7 @@ func parseImageOpts(spec string, o *block.OpenOptions, forceShare bool, known fu
 			// A valid id stays among the options, which no driver
 			// takes.
 			return nil, &parseError{"Parameter 'id' expects an identifier",
-				"Identifiers consist of letters, digits, '-', '.', '_', starting with a letter."}
+				"Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.\n"}
 		}
 		if _, seen := opts[kv.key]; !seen {
 			order = append(order, kv.key)

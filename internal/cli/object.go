@@ -191,7 +191,7 @@ func (a *App) addObject(arg string) error {
 	}
 	if !validID(id) {
 		return &parseError{"Parameter 'id' expects an identifier",
-			"Identifiers consist of letters, digits, '-', '.', '_', starting with a letter."}
+			"Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.\n"}
 	}
 	if typ == "secret" {
 		if _, ok := spec.props["loaded"]; ok {

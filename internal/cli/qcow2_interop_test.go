@@ -68,6 +68,9 @@ func TestInteropQcow2Create(t *testing.T) {
 			files: c("img")},
 		diffCase{name: "create backing option", setup: base, args: c("create", "-f", "qcow2", "-o", "backing_file=base.qcow2,backing_fmt=qcow2", "img"),
 			files: c("img")},
+		// The hint "Detected format of qcow2." ends without a newline.
+		diffCase{name: "create backing without format", setup: base, args: c("create", "-f", "qcow2", "-b", "base.qcow2", "img")},
+		diffCase{name: "create backing without format unopened", args: c("create", "-f", "qcow2", "-u", "-b", "base.qcow2", "img", "1M")},
 		diffCase{name: "create backing missing", args: c("create", "-f", "qcow2", "-b", "nonexist", "-F", "qcow2", "img")},
 		diffCase{name: "create backing unopened", args: c("create", "-f", "qcow2", "-u", "-b", "nonexist", "-F", "raw", "img", "1M"), files: c("img")},
 		diffCase{name: "create backing long name", args: c("create", "-f", "qcow2", "-o", "cluster_size=512", "-u", "-b", strings.Repeat("b", 1000), "-F", "raw", "img", "1M")},
