@@ -70,12 +70,13 @@ type Holder struct {
 }
 
 // HoldQemuIO starts `qemu-io args...` with a pipe for its standard input,
-// so that it keeps its image open, and waits until file shows more locks
-// than before (the open is complete). The process ends when Stop is called
-// or the test ends. A qemu-io that exits early fails the test.
+// so that it keeps its image open, and waits until the open is complete:
+// qemu-io answers a command only after opening its image (and taking all
+// its locks), so the holder sends one and waits for the reply. The process
+// ends when Stop is called or the test ends. A qemu-io that exits early
+// fails the test.
 func HoldQemuIO(t testing.TB, file string, args ...string) *Holder {
 	t.Helper()
-	before := len(LockedBytes(t, file))
 	h := &Holder{cmd: exec.Command(QemuIOPath(t), args...), done: make(chan struct{})}
 	h.cmd.Env = append(os.Environ(), "LC_ALL=C")
 	h.cmd.Stderr = &h.errb
@@ -83,29 +84,47 @@ func HoldQemuIO(t testing.TB, file string, args ...string) *Holder {
 	if err != nil {
 		t.Fatal(err)
 	}
+	out, err := h.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	h.stdin = in
 	if err := h.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(out)
+		signalled := false
+		for sc.Scan() {
+			if !signalled && strings.Contains(sc.Text(), holderMarker) {
+				close(ready)
+				signalled = true
+			}
+		}
+	}()
 	go func() {
 		h.cmd.Wait()
 		close(h.done)
 	}()
 	t.Cleanup(h.Stop)
-	deadline := time.Now().Add(20 * time.Second)
-	for len(LockedBytes(t, file)) <= before {
-		select {
-		case <-h.done:
-			t.Fatalf("qemu-io %q exited before holding %s: %s", args, file, h.errb.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("qemu-io %q took no lock on %s", args, file)
-		}
-		time.Sleep(5 * time.Millisecond)
+	// "open" with no argument only prints usage text containing the
+	// marker; it touches no image.
+	if _, err := io.WriteString(in, "help open\n"); err != nil {
+		t.Fatalf("qemu-io %q: %v: %s", args, err, h.errb.String())
+	}
+	select {
+	case <-ready:
+	case <-h.done:
+		t.Fatalf("qemu-io %q exited before holding %s: %s", args, file, h.errb.String())
+	case <-time.After(20 * time.Second):
+		t.Fatalf("qemu-io %q did not open %s: %s", args, file, h.errb.String())
 	}
 	return h
 }
+
+// holderMarker is a line of `help open` output.
+const holderMarker = "open the file specified by path"
 
 // Stop closes qemu-io's input, which makes it close the image and exit,
 // and waits for it.
