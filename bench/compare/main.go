@@ -139,12 +139,13 @@ func run(runs int, dir string, keep bool, only, qimg, qemuImg string) error {
 		outQ, outO := filepath.Join(dir, "out.qemu"), filepath.Join(dir, "out.qimg")
 		theirs := append(append([]string{qemuImg, "convert"}, w.args...), in, outQ)
 		ours := append(append([]string{qimg, "convert"}, w.args...), in, outO)
-		if msg, err := once(ours, outO); err != nil {
-			fmt.Printf("| %-26s | skipped: qimg cannot run it yet (%s) |\n", w.name, msg)
+		// One untimed run of each: the warm-up.
+		if _, err := timed(ours, outO); err != nil {
+			fmt.Printf("| %-26s | skipped: qimg cannot run it yet (%v) |\n", w.name, err)
 			continue
 		}
-		if msg, err := once(theirs, outQ); err != nil {
-			return fmt.Errorf("%s: qemu-img failed: %s", w.name, msg)
+		if _, err := timed(theirs, outQ); err != nil {
+			return fmt.Errorf("%s: qemu-img failed: %v", w.name, err)
 		}
 		var q, o []sample
 		for range runs {
@@ -169,17 +170,6 @@ func run(runs int, dir string, keep bool, only, qimg, qemuImg string) error {
 	return nil
 }
 
-// once runs a command untimed (the warm-up), returning its stderr on
-// failure.
-func once(argv []string, out string) (string, error) {
-	os.Remove(out)
-	cmd := exec.Command(argv[0], argv[1:]...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	err := cmd.Run()
-	return strings.TrimSpace(stderr.String()), err
-}
-
 // timed runs a command after deleting its previous output.
 func timed(argv []string, out string) (sample, error) {
 	os.Remove(out)
@@ -190,7 +180,7 @@ func timed(argv []string, out string) (sample, error) {
 	err := cmd.Run()
 	wall := time.Since(start)
 	if err != nil {
-		return sample{}, fmt.Errorf("%v: %s", err, stderr.String())
+		return sample{}, fmt.Errorf("%v: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	s := sample{wall: wall, user: cmd.ProcessState.UserTime(), sys: cmd.ProcessState.SystemTime()}
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
