@@ -63,7 +63,7 @@ var testSpecs = []OptionSpec{
 }
 
 func TestOptionsSetErrors(t *testing.T) {
-	const sizeHint = "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively."
+	const sizeHint = "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.\n"
 	tests := []struct {
 		name, value string
 		msg, hint   string
