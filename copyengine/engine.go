@@ -493,7 +493,7 @@ func readFull(img block.Image, p []byte, off int64) error {
 // writeData writes a buffer of read data at pos, leaving out (or zeroing)
 // its zero runs.
 func (c *copier) writeData(pos int64, buf []byte) error {
-	if c.sparse == 0 {
+	if c.sparse == 0 || c.o.KeepZeroData {
 		return c.write(pos, buf)
 	}
 	for len(buf) > 0 {

@@ -120,6 +120,12 @@ type Options struct {
 	// run inside a cluster is left to the target (a hole in a
 	// preallocated qcow2 image, for one).
 	ClusterSize int64
+	// KeepZeroData writes data runs as they were read, without searching
+	// them for zeroes, while runs the sources report as zeroes are still
+	// zeroed (QEMU's mirror job, which runs `qemu-img commit`, copies
+	// this way). Ignored for compressed copies and when SparseSize is
+	// negative.
+	KeepZeroData bool
 	// TargetZeroed says that the target reads as zeroes where the copy
 	// goes (a new image, or qemu-img's --target-is-zero): zero runs are
 	// then skipped rather than zeroed. Ignored when SparseSize is
