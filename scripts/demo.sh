@@ -1,7 +1,8 @@
 #!/bin/sh
 # Runs qimg's main job on a small built-in example: create a disk, write a
-# recognisable pattern into it, convert it to a compressed qcow2 image, show what info says about it, and convert it back to prove the
-# round trip is exact.
+# recognisable pattern into it, convert it to a compressed qcow2 image, show
+# what info says about it, and convert it back to prove the round trip is
+# exact.
 set -eu
 QIMG=${1:-bin/qimg}
 dir=demo
