@@ -909,12 +909,36 @@ var errSnapshotRead = errors.New("Failed to read snapshot table: Input/output er
 // in bytes. Errors are worded as QEMU's qcow2_read_snapshots. Each entry is
 // read on its own, so memory stays bounded by the table size limit.
 func decodeSnapshots(src snapshotSource, n int, virtualSize uint64) ([]snapshot, int, error) {
+	return decodeSnapshotTable(src, n, virtualSize, nil)
+}
+
+// snapshotRepair is what decoding a snapshot table for `check -r all`
+// drops instead of failing, as QEMU's qcow2_do_read_snapshots in repair
+// mode: extra data beyond the limit (the entry keeps its first bytes) and
+// the entries that make the table too big.
+type snapshotRepair struct {
+	// report receives QEMU's "Discarding ..." lines.
+	report func(string)
+	// overhanging counts the entries dropped off the end.
+	overhanging int
+	// extraDropped counts the entries whose extra data was cut.
+	extraDropped int
+}
+
+// decodeSnapshotTable decodes a snapshot table strictly (repair nil) or
+// repairing what `check -r all` repairs. The length returned is that of
+// the table on disk, up to the last entry kept.
+func decodeSnapshotTable(src snapshotSource, n int, virtualSize uint64, repair *snapshotRepair) ([]snapshot, int, error) {
 	var out []snapshot
 	off := 0
+	// length is the table's length with any cut extra data.
+	length := 0
 	be := binary.BigEndian
 	var h [snapshotHeaderSize]byte
 	for i := 0; i < n; i++ {
+		entryStart := off
 		off = (off + 7) &^ 7
+		length = (length + 7) &^ 7
 		if err := src.readAt(h[:], int64(off)); err != nil {
 			return nil, 0, err
 		}
@@ -930,17 +954,31 @@ func decodeSnapshots(src snapshotSource, n int, virtualSize uint64) ([]snapshot,
 		idSize := int(be.Uint16(h[12:]))
 		nameSize := int(be.Uint16(h[14:]))
 		off += snapshotHeaderSize
+		// skip is extra data on disk that is not kept.
+		skip := 0
 		if sn.ExtraDataSize > maxSnapshotExtraData {
-			return nil, 0, &hintError{
-				msg:  fmt.Sprintf("Too much extra metadata in snapshot table entry %d", i),
-				hint: "You can force-remove this extra metadata with qemu-img check -r all",
+			if repair == nil {
+				return nil, 0, &hintError{
+					msg:  fmt.Sprintf("Too much extra metadata in snapshot table entry %d", i),
+					hint: "You can force-remove this extra metadata with qemu-img check -r all",
+				}
 			}
+			repair.report(fmt.Sprintf("Discarding too much extra metadata in snapshot table entry %d (%d > %d)",
+				i, sn.ExtraDataSize, maxSnapshotExtraData))
+			repair.extraDropped++
+			skip = int(sn.ExtraDataSize) - maxSnapshotExtraData
+			sn.ExtraDataSize = maxSnapshotExtraData
 		}
 		extra := int(sn.ExtraDataSize)
 		rest := make([]byte, extra+idSize+nameSize)
-		if err := src.readAt(rest, int64(off)); err != nil {
+		if err := src.readAt(rest[:extra], int64(off)); err != nil {
 			return nil, 0, err
 		}
+		off += extra + skip
+		if err := src.readAt(rest[extra:], int64(off)); err != nil {
+			return nil, 0, err
+		}
+		off += idSize + nameSize
 		e := rest[:extra]
 		if extra >= 8 {
 			sn.VMStateSize = be.Uint64(e[0:])
@@ -960,12 +998,18 @@ func decodeSnapshots(src snapshotSource, n int, virtualSize uint64) ([]snapshot,
 		}
 		sn.ID = string(rest[extra : extra+idSize])
 		sn.Name = string(rest[extra+idSize:])
-		off += len(rest)
-		if off > maxSnapshotsBytes {
-			return nil, 0, &hintError{
-				msg:  "Snapshot table is too big",
-				hint: fmt.Sprintf("You can force-remove all %d overhanging snapshots with qemu-img check -r all", n-i),
+		length += snapshotHeaderSize + len(rest)
+		if length > maxSnapshotsBytes || off > 1<<31-1 {
+			if repair == nil {
+				return nil, 0, &hintError{
+					msg:  "Snapshot table is too big",
+					hint: fmt.Sprintf("You can force-remove all %d overhanging snapshots with qemu-img check -r all", n-i),
+				}
 			}
+			repair.report(fmt.Sprintf("Discarding %d overhanging snapshots (snapshot table is too big)", n-i))
+			repair.overhanging += n - i
+			off = entryStart
+			break
 		}
 		out = append(out, sn)
 	}
