@@ -1,6 +1,12 @@
 package block
 
-import "fmt"
+import (
+	"fmt"
+	"path"
+	"path/filepath"
+
+	"github.com/qimg/qimg/storage"
+)
 
 // BlockStatusAbove describes the run of img that starts at off (at most n
 // bytes long) as it reads through img's backing chain, looking no further
@@ -83,4 +89,64 @@ func backingOf(img Image) (next Image, known bool) {
 		}
 	}
 	return nil, true
+}
+
+// FindBackingImage returns the image below n in its backing chain that name
+// designates, or nil, matching names as QEMU's bdrv_find_backing_image
+// does (the base of `qemu-img commit -b`, the new backing file of `qemu-img
+// rebase`): going down the chain, name is resolved against each image's
+// directory in turn and compared, as a real path, with that image's
+// resolved backing file name; when either name is a protocol name, the two
+// are compared as written (and with the resolved backing file name). An
+// empty name, or one that does not exist, matches nothing.
+func (n *Node) FindBackingImage(name string) *Node {
+	if name == "" {
+		return nil
+	}
+	for cur := n; cur.Backing != nil; cur = cur.Backing {
+		recorded := ""
+		if b, ok := cur.Image.(Backed); ok {
+			recorded, _ = b.BackingFile()
+		}
+		if HasProtocol(name) || HasProtocol(recorded) {
+			if name == recorded || name == cur.FullBackingFilename() {
+				return cur.Backing
+			}
+			continue
+		}
+		want, ok := cur.env.realPath(CombinePath(cur.Filename, name))
+		if !ok {
+			continue
+		}
+		if got, ok := cur.env.realPath(cur.FullBackingFilename()); ok && got == want {
+			return cur.Backing
+		}
+	}
+	return nil
+}
+
+// realPath resolves a file name to a canonical absolute path, as realpath(3)
+// does for host files; it reports false when the file does not exist. Names
+// in a file store other than the host's are cleaned, not resolved.
+func (e *Env) realPath(name string) (string, bool) {
+	if name == "" {
+		return "", false
+	}
+	if e != nil && e.Files != nil {
+		if _, local := e.Files.(storage.Local); !local {
+			if !e.Files.Exists(name) {
+				return "", false
+			}
+			return path.Clean(name), true
+		}
+	}
+	abs, err := filepath.Abs(name)
+	if err != nil {
+		return "", false
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return "", false
+	}
+	return real, true
 }
