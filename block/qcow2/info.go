@@ -58,20 +58,9 @@ func (i *Image) Info() (block.Info, error) {
 		d.Set("compression-type", "zlib")
 	}
 	info.Specific = d
-	for _, sn := range i.snapshots {
-		icount := int64(-1)
-		if sn.ICount != ^uint64(0) {
-			icount = int64(sn.ICount)
-		}
-		info.Snapshots = append(info.Snapshots, block.SnapshotInfo{
-			ID:          sn.ID,
-			Name:        sn.Name,
-			VMStateSize: sn.VMStateSize,
-			DateSec:     int64(sn.DateSec),
-			DateNsec:    int64(sn.DateNsec),
-			VMClockNsec: sn.VMClockNsec,
-			ICount:      icount,
-		})
+	// QEMU lists no snapshots for images with a data file.
+	if !i.hasDataFile {
+		info.Snapshots = i.snapshotInfos()
 	}
 	return info, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"syscall"
 
 	"github.com/qimg/qimg/storage"
 )
@@ -313,13 +314,13 @@ func (i *Image) updateRefcount(offset, length int64, addend uint64, decrease boo
 		rc := i.refcount.get(e.data, blockIndex)
 		if decrease {
 			if rc < addend {
-				err = fmt.Errorf("refcount of cluster %d would drop below zero: %w", clusterIndex, errCorrupt)
+				err = fmt.Errorf("refcount of cluster %d would drop below zero: %w", clusterIndex, syscall.EINVAL)
 				break
 			}
 			rc -= addend
 		} else {
 			if rc+addend < rc || rc+addend > i.refcountMax {
-				err = fmt.Errorf("refcount of cluster %d would overflow: %w", clusterIndex, errCorrupt)
+				err = fmt.Errorf("refcount of cluster %d would overflow: %w", clusterIndex, syscall.EINVAL)
 				break
 			}
 			rc += addend
