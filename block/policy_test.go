@@ -116,7 +116,13 @@ func TestPolicyUntrusted(t *testing.T) {
 	link("back", filepath.Join(dir, "inside"))                              // link that stays
 	link(outside, filepath.Join(dir, "dirlink"))                            // a directory link out
 	link(filepath.Join(dir, "sub"), filepath.Join(dir, "subdirlink"))       // a directory link that stays
-	link(filepath.Join(outside, "nothing"), filepath.Join(dir, "dangling")) // dangling: opening it fails later
+	link(filepath.Join(outside, "nothing"), filepath.Join(dir, "dangling")) // dangling, out: refused without telling whether the target exists
+	link("nothing", filepath.Join(dir, "danglingin"))                       // dangling, inside: opening it fails later
+	link("loop2", filepath.Join(dir, "loop1"))                              // a loop of links
+	link("loop1", filepath.Join(dir, "loop2"))
+	link("sub/../../secret/key", filepath.Join(dir, "dotdotlink")) // out through .. in a link target
+	link("..", filepath.Join(dir, "sub", "up"))                    // up, but still inside
+	link("../../secret", filepath.Join(dir, "sub", "up2"))         // up and out
 	// The image's own directory reached through a link.
 	viaLink := filepath.Join(root, "imagelink")
 	link(dir, viaLink)
@@ -134,7 +140,10 @@ func TestPolicyUntrusted(t *testing.T) {
 		{img, "inside", filepath.Join(dir, "inside"), true},
 		{img, "subdirlink/back", filepath.Join(dir, "subdirlink/back"), true},
 		{img, "missing", filepath.Join(dir, "missing"), true},
-		{img, "dangling", filepath.Join(dir, "dangling"), true},
+		{img, "danglingin", filepath.Join(dir, "danglingin"), true},
+		{img, "sub/up/back", filepath.Join(dir, "sub/up/back"), true},
+		{img, "missing/deeper/x", filepath.Join(dir, "missing/deeper/x"), true},
+		{img, "back/x", filepath.Join(dir, "back/x"), true},
 		{filepath.Join(viaLink, "img"), "back", filepath.Join(viaLink, "back"), true},
 		{img, "/etc/passwd", "backing file '/etc/passwd' is an absolute path, which untrusted mode does not open", false},
 		{img, "../secret/key", "backing file '../secret/key' leaves the image's directory", false},
@@ -144,6 +153,13 @@ func TestPolicyUntrusted(t *testing.T) {
 		{img, "relescape", "backing file 'relescape' is a link out of the image's directory", false},
 		{img, "dirlink/key", "backing file 'dirlink/key' is a link out of the image's directory", false},
 		{img, "sub", "backing file 'sub' is not a regular file", false},
+		{img, ".", "backing file '.' is not a regular file", false},
+		{img, "dangling", "backing file 'dangling' is a link out of the image's directory", false},
+		{img, "dotdotlink", "backing file 'dotdotlink' is a link out of the image's directory", false},
+		{img, "sub/up2/key", "backing file 'sub/up2/key' is a link out of the image's directory", false},
+		{img, "loop1", "backing file 'loop1' is a loop of symbolic links", false},
+		{img, "/x\n\x1b[2Jy", "backing file '/x\\x0a\\x1b[2Jy' is an absolute path", false},
+		{img, "../x\nforged", "backing file '../x\\x0aforged' leaves the image's directory", false},
 		{img, "nbd://host/x", "backing file 'nbd://host/x' is a protocol or json: name, which untrusted mode does not open", false},
 		{img, "json:{}", "backing file 'json:{}' is a protocol or json: name, which untrusted mode does not open", false},
 	}
