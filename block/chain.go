@@ -150,3 +150,43 @@ func (e *Env) realPath(name string) (string, bool) {
 	}
 	return real, true
 }
+
+// AllocatedAbove reports whether some image of img's backing chain above
+// base (img included, base excluded; a nil base means the whole chain)
+// allocates the run that starts at off, and the length of the run (at most
+// n) with the same answer, as QEMU's bdrv_is_allocated_above does. Only
+// the images' own Allocated bits count: a run that reads as zeroes because
+// the chain ends, or because it lies past the end of the backing image, is
+// not allocated in an image that reports it so; but past the end of a
+// backing image shorter than off, the zeroes count as allocated by that
+// image, as in QEMU.
+func AllocatedAbove(img, base Image, off, n int64) (bool, int64, error) {
+	if err := CheckRange(img.Size(), off, n); err != nil {
+		return false, 0, err
+	}
+	length := n
+	for cur := img; cur != nil && (base == nil || cur != base); {
+		size := cur.Size()
+		if off >= size {
+			return true, length, nil
+		}
+		e, err := cur.BlockStatus(off, min(length, size-off))
+		if err != nil {
+			return false, 0, err
+		}
+		if e.Length <= 0 || e.Length > length {
+			return false, 0, fmt.Errorf("block status of %d bytes at offset %d returned a run of %d bytes: %w",
+				min(length, size-off), off, e.Length, ErrCorrupt)
+		}
+		length = e.Length
+		if e.Has(Allocated) {
+			return true, length, nil
+		}
+		next, known := backingOf(cur)
+		if !known {
+			break
+		}
+		cur = next
+	}
+	return false, length, nil
+}

@@ -172,14 +172,14 @@ func (v *commitView) clusterAligned(off, n int64) bool {
 // it. The result is never below off.
 func (v *commitView) nextDirty(off, limit int64) (int64, error) {
 	for pos := off; pos < limit; {
-		e, _, err := block.BlockStatusAbove(v.top, v.base, pos, min(limit-pos, maxStatusRequest))
+		allocated, n, err := block.AllocatedAbove(v.top, v.base, pos, min(limit-pos, maxStatusRequest))
 		if err != nil {
 			return 0, err
 		}
-		if e.Has(block.Allocated) {
+		if allocated {
 			return max(pos-pos%v.chunk, off), nil
 		}
-		pos += e.Length
+		pos += n
 	}
 	return limit, nil
 }
