@@ -320,9 +320,9 @@ func (i *Image) validateSnapshotL1(sn *snapshot) error {
 	return &reportedError{msg: err.Error(), errno: syscall.EINVAL}
 }
 
-// reportedError is a failure QEMU reports with a message of its own (with
-// error_report) before the operation fails with an errno, which callers
-// word in their own message.
+// reportedError is an error QEMU words with a message alone, while the
+// operation fails with an errno. Some callers (snapshot apply) report the
+// message on its own line and word the errno in their own message.
 type reportedError struct {
 	msg   string
 	errno error
@@ -540,7 +540,7 @@ func (i *Image) ApplySnapshot(idOrName string) error {
 		return err
 	}
 	if len(i.bitmaps) > 0 {
-		return fmt.Errorf("Device has active dirty bitmaps: %w", syscall.EBUSY)
+		return &reportedError{msg: "Device has active dirty bitmaps", errno: syscall.EBUSY}
 	}
 	if err := i.applySnapshot(idOrName); err != nil {
 		var re *reportedError
@@ -629,14 +629,14 @@ func (i *Image) DeleteSnapshot(id, name string) error {
 		return err
 	}
 	if id == "" && name == "" {
-		return fmt.Errorf("snapshot_id and name are both NULL: %w", syscall.EINVAL)
+		return &reportedError{msg: "snapshot_id and name are both NULL", errno: syscall.EINVAL}
 	}
 	if i.hasDataFile {
 		return syscall.ENOTSUP
 	}
 	k := i.findSnapshot(id, name)
 	if k < 0 {
-		return fmt.Errorf("Can't find the snapshot: %w", syscall.ENOENT)
+		return &reportedError{msg: "Can't find the snapshot", errno: syscall.ENOENT}
 	}
 	sn := i.snapshots[k]
 	if err := i.validateSnapshotL1(&sn); err != nil {
@@ -669,11 +669,11 @@ func (i *Image) OpenSnapshot(id, name string) (block.Image, error) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	if id == "" && name == "" {
-		return nil, fmt.Errorf("snapshot_id and name are both NULL: %w", syscall.EINVAL)
+		return nil, &reportedError{msg: "snapshot_id and name are both NULL", errno: syscall.EINVAL}
 	}
 	k := i.findSnapshot(id, name)
 	if k < 0 {
-		return nil, fmt.Errorf("Can't find snapshot: %w", syscall.ENOENT)
+		return nil, &reportedError{msg: "Can't find snapshot", errno: syscall.ENOENT}
 	}
 	sn := i.snapshots[k]
 	if err := i.validateSnapshotL1(&sn); err != nil {

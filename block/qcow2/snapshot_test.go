@@ -376,34 +376,6 @@ func TestEncodeSnapshotsRoundTrip(t *testing.T) {
 	}
 }
 
-// normalizeSnapshotDates zeroes the date fields of an image's snapshot
-// table entries, so that files made at different times compare equal.
-func normalizeSnapshotDates(t testing.TB, path string) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var h [72]byte
-	if _, err := f.ReadAt(h[:], 0); err != nil {
-		t.Fatal(err)
-	}
-	nb := binary.BigEndian.Uint32(h[60:])
-	off := int64(binary.BigEndian.Uint64(h[64:]))
-	for k := uint32(0); k < nb; k++ {
-		off = (off + 7) &^ 7
-		var e [40]byte
-		if _, err := f.ReadAt(e[:], off); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.WriteAt(make([]byte, 8), off+16); err != nil {
-			t.Fatal(err)
-		}
-		off += 40 + int64(binary.BigEndian.Uint32(e[36:])) + int64(binary.BigEndian.Uint16(e[12:])) + int64(binary.BigEndian.Uint16(e[14:]))
-	}
-}
-
 // snapshotOp is one snapshot operation done by qimg and by qemu-img.
 type snapshotOp struct {
 	op, name string
@@ -472,8 +444,8 @@ func TestInteropSnapshotIdentical(t *testing.T) {
 					oracle.MustQemuIO(t, "-f", "qcow2", "-c", between[s%len(between)], ours)
 					oracle.MustQemuIO(t, "-f", "qcow2", "-c", between[s%len(between)], theirs)
 				}
-				normalizeSnapshotDates(t, ours)
-				normalizeSnapshotDates(t, theirs)
+				oracle.ZeroSnapshotDates(t, ours)
+				oracle.ZeroSnapshotDates(t, theirs)
 				oracle.Check(t, ours, "qcow2")
 				if err := oracle.SameFile(ours, theirs); err != nil {
 					t.Fatal(err)

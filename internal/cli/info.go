@@ -174,16 +174,26 @@ func snapshotHeader() string {
 	return fmt.Sprintf("%-10s%-17s%8s%20s%13s%11s", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT")
 }
 
-// snapshotLine formats one snapshot as a table row.
+// snapshotLine formats one snapshot as a table row, as QEMU's
+// bdrv_snapshot_dump: widths count bytes, as C's printf does, and the clock
+// fields are C ints.
 func snapshotLine(s block.SnapshotInfo) string {
 	date := time.Unix(s.DateSec, 0).Format("2006-01-02 15:04:05")
 	secs := s.VMClockNsec / 1e9
-	clock := fmt.Sprintf("%02d:%02d:%02d.%03d", secs/3600, (secs/60)%60, secs%60, (s.VMClockNsec/1e6)%1000)
+	clock := fmt.Sprintf("%02d:%02d:%02d.%03d", int32(secs/3600), int32((secs/60)%60), int32(secs%60), int32((s.VMClockNsec/1e6)%1000))
 	icount := ""
 	if s.ICount >= 0 {
 		icount = fmt.Sprint(s.ICount)
 	}
-	return fmt.Sprintf("%-9s %-16s %8s%20s%13s%11s", s.ID, s.Name, units.FormatSize(s.VMStateSize), date, clock, icount)
+	return fmt.Sprintf("%s %s %8s%20s%13s%11s", padBytes(s.ID, 9), padBytes(s.Name, 16), units.FormatSize(s.VMStateSize), date, clock, icount)
+}
+
+// padBytes pads s with spaces to n bytes, as printf's "%-ns" does in C.
+func padBytes(s string, n int) string {
+	if len(s) >= n {
+		return s
+	}
+	return s + strings.Repeat(" ", n-len(s))
 }
 
 func cmdInfo(a *App, args []string) int {

@@ -24,6 +24,8 @@ type openSpec struct {
 	writeBacking bool
 	// forCheck opens the image for check or repair (check).
 	forCheck bool
+	// resize takes the permission to change the size (resize).
+	resize bool
 }
 
 // openImage opens an image as qemu-img's img_open does, printing
@@ -40,6 +42,7 @@ func (a *App) openImage(filename string, s openSpec) (*block.Node, bool) {
 		NoIO:         s.noIO,
 		NoShare:      s.noShare,
 		ForCheck:     s.forCheck,
+		Resize:       s.resize,
 	}
 	var iopts *imageOpts
 	if s.imageOpts {
