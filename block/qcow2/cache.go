@@ -243,13 +243,18 @@ func (c *metaCache) empty() error {
 	if err := c.flush(); err != nil {
 		return err
 	}
+	c.dropAll()
+	return nil
+}
+
+// dropAll forgets every entry, dirty or not.
+func (c *metaCache) dropAll() {
 	for el := c.lru.Front(); el != nil; {
 		next := el.Next()
 		c.remove(el.Value.(*cacheEntry))
 		el = next
 	}
 	c.free = nil
-	return nil
 }
 
 // maybeClean drops clean entries unused since the last clean when the

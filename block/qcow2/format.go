@@ -996,8 +996,9 @@ func decodeSnapshotTable(src snapshotSource, n int, virtualSize uint64, repair *
 		if extra > snapshotExtraSize {
 			sn.UnknownExtraData = append([]byte(nil), e[snapshotExtraSize:]...)
 		}
-		sn.ID = string(rest[extra : extra+idSize])
-		sn.Name = string(rest[extra+idSize:])
+		// QEMU keeps them as C strings: they end at a NUL byte.
+		sn.ID = cString(rest[extra : extra+idSize])
+		sn.Name = cString(rest[extra+idSize:])
 		length += snapshotHeaderSize + len(rest)
 		if length > maxSnapshotsBytes || off > 1<<31-1 {
 			if repair == nil {

@@ -142,6 +142,14 @@ type Image struct {
 	write         bool
 	warn          func(string)
 	notice        func(string)
+	// prog prefixes the errors a check reports as QEMU's error_report.
+	prog string
+	// forCheck is set when the image was opened to be checked: a dirty
+	// image is not repaired on open, a corrupt one may be written.
+	forCheck bool
+	// snapshotsUnread is set when an image opened for a check has a
+	// snapshot table that could not be read; the check reads it.
+	snapshotsUnread bool
 
 	hdr Header
 	ext Extensions
@@ -275,7 +283,7 @@ func open(f storage.File, o *block.DriverOptions) (*Image, error) {
 	}
 	i := &Image{f: f, data: f, name: o.Filename, write: o.Write, hdr: *h, warn: o.Warn}
 	if o.Env != nil {
-		i.notice = o.Env.Notice
+		i.notice, i.prog = o.Env.Notice, o.Env.Prog
 	}
 	i.allocDone = sync.NewCond(&i.mu)
 	i.incompat, i.compat, i.autoclear = h.IncompatibleFeatures, h.CompatibleFeatures, h.AutoclearFeatures
@@ -288,7 +296,8 @@ func open(f storage.File, o *block.DriverOptions) (*Image, error) {
 		}
 		return nil, unsupportedFeatures(table, i.incompat&^incompatMask)
 	}
-	if i.incompat&incompatCorrupt != 0 && o.Write {
+	// A corrupt image may be written only to repair it.
+	if i.incompat&incompatCorrupt != 0 && o.Write && !o.ForCheck {
 		return nil, errors.New("qcow2: Image is corrupt; cannot be opened read/write")
 	}
 	i.clusterBits = int(h.ClusterBits)
@@ -321,16 +330,21 @@ func open(f storage.File, o *block.DriverOptions) (*Image, error) {
 	i.layout = entryLayout{clusterBits: i.clusterBits, extendedL2: i.subPerClus > 1}
 	i.opts = o.Options
 
-	if h.RefcountTableClusters == 0 {
+	if h.RefcountTableClusters == 0 && !o.ForCheck {
 		return nil, errors.New("Image does not contain a reference count table")
 	}
 	if err := i.validateTable(h.RefcountTableOffset, uint64(h.RefcountTableClusters), uint64(i.clusterSize),
 		maxRefcountTableBytes, "Reference count table", fileSize); err != nil {
 		return nil, err
 	}
+	// A check reads the snapshot table itself and reports what is wrong
+	// with it (QEMU's open in check mode does not read it).
+	i.forCheck = o.ForCheck
 	if err := i.validateTable(h.SnapshotsOffset, uint64(h.NbSnapshots), snapshotHeaderSize,
-		snapshotHeaderSize*maxSnapshots, "Snapshot table", -1); err != nil {
+		snapshotHeaderSize*maxSnapshots, "Snapshot table", -1); err != nil && !o.ForCheck {
 		return nil, err
+	} else if err != nil {
+		i.snapshotsUnread = true
 	}
 	if err := i.validateTable(h.L1TableOffset, uint64(h.L1Size), l1EntrySize, maxL1Bytes, "Active L1 table", fileSize); err != nil {
 		return nil, err
@@ -387,12 +401,16 @@ func open(f storage.File, o *block.DriverOptions) (*Image, error) {
 		i.hasBackingFile = true
 	}
 	i.snapshotsOff, i.snapshotsSize = int64(h.SnapshotsOffset), 0
-	if h.NbSnapshots > 0 {
+	if h.NbSnapshots > 0 && !i.snapshotsUnread {
 		sns, n, err := readSnapshotTable(f, int64(h.SnapshotsOffset), int(h.NbSnapshots), uint64(i.size))
-		if err != nil {
+		switch {
+		case err == nil:
+			i.snapshots, i.snapshotsSize = sns, n
+		case o.ForCheck:
+			i.snapshotsUnread = true
+		default:
 			return nil, err
 		}
-		i.snapshots, i.snapshotsSize = sns, n
 	}
 	if i.ext.Bitmaps != nil {
 		bms, err := i.loadBitmapDirectory()

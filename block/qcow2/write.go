@@ -24,8 +24,10 @@ var (
 func (i *Image) openForWriting() error {
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	update := i.ext.BitmapsInconsistent
-	if i.autoclear&^autoclearMask != 0 {
+	// An image opened for a check may have a snapshot table that was
+	// not read: its header must not be rewritten before the check.
+	update := i.ext.BitmapsInconsistent && !i.snapshotsUnread
+	if i.autoclear&^autoclearMask != 0 && !i.snapshotsUnread {
 		i.autoclear &= autoclearMask
 		update = true
 	}
@@ -34,8 +36,8 @@ func (i *Image) openForWriting() error {
 			return fmt.Errorf("Could not update qcow2 header: %s", storage.Strerror(err))
 		}
 	}
-	if i.incompat&incompatDirty != 0 {
-		if err := i.repairRefcounts(); err != nil {
+	if i.incompat&incompatDirty != 0 && !i.forCheck {
+		if err := i.repairDirty(); err != nil {
 			return fmt.Errorf("Could not repair dirty image: %s", storage.Strerror(err))
 		}
 	}

@@ -301,16 +301,7 @@ func TestLazyRefcountsCrashRepair(t *testing.T) {
 	}
 	img := w.Image.(*Image)
 	img.mu.Lock()
-	c, err := img.countAll()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, cnt := range c.counts {
-		rc, err := img.getRefcount(int64(k))
-		if err != nil || rc != uint64(cnt) {
-			t.Errorf("cluster %d: refcount %d, references %d (%v)", k, rc, cnt, err)
-		}
-	}
+	checkRefcounts(t, img)
 	img.mu.Unlock()
 	got := make([]byte, len(want))
 	if _, err := w.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
@@ -421,23 +412,14 @@ func TestConcurrentWriters(t *testing.T) {
 }
 
 // checkRefcounts expects every cluster's refcount to equal its references
-// (the caller holds the lock).
+// and the COPIED flags to be right: a check finds nothing (the caller holds
+// the lock).
 func checkRefcounts(t testing.TB, img *Image) {
 	t.Helper()
-	c, err := img.countAll()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fileSize, _ := img.f.Size()
-	for k := int64(0); k < max(int64(len(c.counts)), img.sizeToClusters(fileSize)); k++ {
-		var refs uint64
-		if k < int64(len(c.counts)) {
-			refs = uint64(c.counts[k])
-		}
-		rc, err := img.getRefcount(k)
-		if err != nil || rc != refs {
-			t.Fatalf("cluster %d: refcount %d, references %d (%v)", k, rc, refs, err)
-		}
+	var lines []string
+	res, err := img.check(0, func(l string) { lines = append(lines, l) })
+	if err != nil || res.Corruptions != 0 || res.Leaks != 0 || res.CheckErrors != 0 {
+		t.Fatalf("check: %+v, %v\n%s", res, err, strings.Join(lines, "\n"))
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/qimg/qimg/block"
+	"github.com/qimg/qimg/storage"
 )
 
 // checkReport is what `qemu-img check` reports: QEMU's ImageCheck.
@@ -206,5 +207,5 @@ func checkErrText(err error) string {
 	case errors.Is(err, block.ErrReadOnly):
 		return "Read-only file system"
 	}
-	return err.Error()
+	return storage.Strerror(err)
 }
