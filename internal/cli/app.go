@@ -36,6 +36,9 @@ type App struct {
 	Getenv func(string) string
 	// IsTerminal reports whether stdout is a terminal (for progress).
 	IsTerminal func() bool
+	// Exit ends the process when a resource limit is exceeded
+	// (limits.go); nil means os.Exit.
+	Exit func(code int)
 
 	// objects holds the ids of --object objects other than secrets
 	// (secrets live in Env.Secrets).
@@ -52,7 +55,7 @@ type command struct {
 // commands lists the qemu-img commands in the order help shows them.
 func commands() []command {
 	return []command{
-		{"amend", nil, "amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename"},
+		{"amend", cmdAmend, "amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename"},
 		{"bench", nil, "bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename"},
 		{"bitmap", nil, "bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap"},
 		{"check", cmdCheck, "check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename"},
@@ -158,6 +161,8 @@ func (a *App) help() int {
 	b.WriteString("                         specify tracing options (accepted and ignored)\n")
 	b.WriteString("    '--untrusted'        treat images as hostile: open only files inside the image's\n")
 	b.WriteString("                         directory and apply resource limits (also QIMG_UNTRUSTED=1)\n")
+	b.WriteString("    '--limits'           memory=SIZE,time=SECONDS,depth=N: resource limits (also\n")
+	b.WriteString("                         QIMG_LIMITS); untrusted mode defaults to memory=1G,time=15,depth=16\n")
 	b.WriteString("\nCommand syntax:\n")
 	for _, c := range commands() {
 		fmt.Fprintf(&b, "  %s\n", c.usage)
@@ -236,6 +241,7 @@ func (a *App) env() *block.Env {
 const (
 	optUntrusted = 1000 + iota
 	optAllowProtocols
+	optLimits
 )
 
 // qemuImg is qemu-img's main: global options, then the command.
@@ -250,10 +256,16 @@ func (a *App) qemuImg(args []string) int {
 		{"trace", requiredArgument, 'T'},
 		{"untrusted", noArgument, optUntrusted},
 		{"allow-image-protocols", noArgument, optAllowProtocols},
+		{"limits", requiredArgument, optLimits},
 	})
 	env := a.env()
 	if v := a.getenv("QIMG_UNTRUSTED"); v != "" && v != "0" {
 		env.Policy.Untrusted = true
+	}
+	var lim limits
+	if err := parseLimits(a.getenv(limitsEnv), &lim); err != nil {
+		a.errorf("%s: %s", limitsEnv, err)
+		return 1
 	}
 	for {
 		c := g.next()
@@ -278,8 +290,14 @@ func (a *App) qemuImg(args []string) int {
 			env.Policy.Untrusted = true
 		case optAllowProtocols:
 			env.Policy.AllowProtocols = true
+		case optLimits:
+			if err := parseLimits(g.optarg, &lim); err != nil {
+				a.errorf("%s", err)
+				return 1
+			}
 		}
 	}
+	defer a.startLimits(lim.withDefaults(env.Policy.Untrusted))()
 	rest := g.operands()
 	if len(rest) < 1 {
 		return 0
