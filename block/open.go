@@ -13,6 +13,14 @@ import (
 // DefaultMaxChainDepth bounds backing chains when the Env sets no limit.
 const DefaultMaxChainDepth = 256
 
+// MaxLength is the largest virtual size an image may have: INT64_MAX
+// rounded down to 1 GiB, QEMU's BDRV_MAX_LENGTH.
+const MaxLength = 1<<63 - 1<<30
+
+// errTooLarge is QEMU's error for an image whose driver reports a size
+// beyond MaxLength (bdrv_open_driver's refresh_total_sectors).
+var errTooLarge = errors.New("Could not refresh total sector count: File too large")
+
 // Env is the environment images are opened and created in: which drivers
 // exist, where files come from, what an image may make us open, and where
 // warnings go. An Env holds no per-image state and may be shared.
@@ -196,6 +204,11 @@ func (e *Env) openFile(f storage.File, name string, o OpenOptions, seen []storag
 	if err != nil {
 		locks.release()
 		return nil, err
+	}
+	if size := img.Size(); size < 0 || size > MaxLength {
+		img.Close()
+		locks.release()
+		return nil, errTooLarge
 	}
 	n := &Node{Image: img, Filename: name, Driver: drv, File: f, Probed: probed, env: e, cache: o.Cache, write: o.Write, locks: locks}
 	if b, ok := img.(Backed); ok && !o.NoBacking {
