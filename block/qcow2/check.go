@@ -60,6 +60,8 @@ type checker struct {
 	buf []byte
 	// length caches the file length; -1 when unknown.
 	length int64
+	// memLimit, when set, replaces maxCheckMemory (for tests).
+	memLimit int64
 }
 
 // Check examines the image as `qemu-img check` does and, with fix,
@@ -383,9 +385,16 @@ func (c *checker) checkL1(res *block.CheckResult, l1Offset int64, l1Size int, fl
 	if err := c.inc(res, l1Offset, int64(l1Size)*l1EntrySize); err != nil {
 		return err
 	}
-	raw := make([]byte, min(l1Size, l1ReadChunk)*l1EntrySize)
-	for start := 0; start < l1Size; start += l1ReadChunk {
-		n := min(l1Size-start, l1ReadChunk)
+	// Entries past the end of the file read as zeroes: no need to read
+	// them.
+	fileLen, err := c.fileLength()
+	if err != nil {
+		return err
+	}
+	stored := int(min(int64(l1Size), max(0, ceilDiv(fileLen-l1Offset, l1EntrySize))))
+	raw := make([]byte, min(stored, l1ReadChunk)*l1EntrySize)
+	for start := 0; start < stored; start += l1ReadChunk {
+		n := min(stored-start, l1ReadChunk)
 		if err := storage.ReadFull(i.f, raw[:n*l1EntrySize], l1Offset+int64(start)*l1EntrySize); err != nil {
 			c.report("ERROR: I/O error in check_refcounts_l1")
 			res.CheckErrors++
@@ -728,6 +737,9 @@ func (c *checker) checkRefcounts(res *block.CheckResult, fix fixFlags) error {
 	}
 	res.TotalClusters = i.sizeToClusters(i.size)
 	c.imrt = newRefcountArray(uint(i.hdr.RefcountOrder), i.clusterSize)
+	if c.memLimit != 0 {
+		c.imrt.limit = c.memLimit
+	}
 	if err := c.imrt.resize(nbClusters); err != nil {
 		res.CheckErrors++
 		return c.memoryError(err)

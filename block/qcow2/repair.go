@@ -22,6 +22,9 @@ const (
 	maxCheckMemory = 1 << 30
 	// minRefcountChunk is the smallest piece of the table allocated.
 	minRefcountChunk = 64 << 10
+	// sliceHeaderBytes is what the table spends on each chunk, allocated
+	// or not.
+	sliceHeaderBytes = 24
 )
 
 // refcountArray is the refcount table a check builds in memory: one
@@ -40,8 +43,8 @@ type refcountArray struct {
 	chunks     [][]byte
 	// size is the number of clusters covered (QEMU's nb_clusters).
 	size int64
-	// used is the memory the chunks take.
-	used int64
+	// used is the memory the chunks take, limit the most they may.
+	used, limit int64
 }
 
 // errCheckMemory reports a check that would need too much memory.
@@ -55,6 +58,7 @@ func newRefcountArray(order uint, clusterSize int64) *refcountArray {
 		max:        refcountAccess{order: order}.max(),
 		chunkShift: uint(trailingZeros64(entries)),
 		chunkBytes: int(chunkBytes),
+		limit:      maxCheckMemory,
 	}
 }
 
@@ -74,7 +78,7 @@ func (a *refcountArray) set(k int64, v uint64) error {
 		if v == 0 {
 			return nil
 		}
-		if a.used+int64(a.chunkBytes) > maxCheckMemory {
+		if a.used+int64(a.chunkBytes)+int64(len(a.chunks))*sliceHeaderBytes > a.limit {
 			return errCheckMemory
 		}
 		a.chunks[c] = make([]byte, a.chunkBytes)
@@ -91,7 +95,7 @@ func (a *refcountArray) resize(n int64) error {
 		return nil
 	}
 	chunks := (n + 1<<a.chunkShift - 1) >> a.chunkShift
-	if chunks*8 > maxCheckMemory {
+	if chunks*sliceHeaderBytes+a.used > a.limit {
 		return errCheckMemory
 	}
 	for int64(len(a.chunks)) < chunks {
