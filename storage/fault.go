@@ -430,7 +430,7 @@ func crashFilter(o CrashOptions, pending []faultOp, order []int64) (func(op *fau
 		if o.Rand == nil {
 			return nil, errors.New("CrashRandom needs a random source")
 		}
-		return func(*faultOp) bool { return o.Rand.IntN(2) == 0 }, nil
+		return func(*faultOp) bool { return o.Rand.IntN(2) != 0 }, nil
 	}
 	return nil, fmt.Errorf("unknown crash mode %d", o.Mode)
 }

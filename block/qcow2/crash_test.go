@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 
 	"github.com/qimg/qimg/block"
@@ -15,70 +14,26 @@ import (
 	"github.com/qimg/qimg/storage"
 )
 
-// crashFile is a File whose writes become durable only at Sync. A crash
-// keeps what was synced plus an arbitrary subset of the later writes, as a
-// disk that reorders unflushed writes may.
+// crashFile is a File whose writes become durable only at Sync; crash
+// returns what a crash could leave: the synced data plus a random subset
+// of the later writes.
 type crashFile struct {
-	*storage.MemFile
-	mu      sync.Mutex
-	durable *storage.MemFile
-	pending []pendingWrite
-}
-
-type pendingWrite struct {
-	off  int64
-	data []byte
-	// truncate is set for a Truncate to off.
-	truncate bool
+	*storage.FaultFile
 }
 
 func newCrashFile(f *storage.MemFile) *crashFile {
-	return &crashFile{MemFile: f, durable: f.Clone()}
-}
-
-func (c *crashFile) WriteAt(p []byte, off int64) (int, error) {
-	c.mu.Lock()
-	c.pending = append(c.pending, pendingWrite{off: off, data: append([]byte(nil), p...)})
-	c.mu.Unlock()
-	return c.MemFile.WriteAt(p, off)
-}
-
-func (c *crashFile) Truncate(size int64) error {
-	c.mu.Lock()
-	c.pending = append(c.pending, pendingWrite{off: size, truncate: true})
-	c.mu.Unlock()
-	return c.MemFile.Truncate(size)
-}
-
-func (c *crashFile) PunchHole(off, n int64) error {
-	c.mu.Lock()
-	c.pending = append(c.pending, pendingWrite{off: off, data: make([]byte, n)})
-	c.mu.Unlock()
-	return c.MemFile.PunchHole(off, n)
-}
-
-func (c *crashFile) Sync() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.durable = c.MemFile.Clone()
-	c.pending = nil
-	return nil
+	ff, err := storage.NewFaultFile(f, nil)
+	if err != nil {
+		panic(err) // a MemFile cannot fail to be copied
+	}
+	return &crashFile{ff}
 }
 
 // crash returns the file as a crash now could leave it.
 func (c *crashFile) crash(rng *rand.Rand) *storage.MemFile {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	f := c.durable.Clone()
-	for _, w := range c.pending {
-		if rng.IntN(2) == 0 {
-			continue
-		}
-		if w.truncate {
-			f.Truncate(w.off)
-		} else {
-			f.WriteAt(w.data, w.off)
-		}
+	f, err := c.Crash(storage.CrashOptions{Mode: storage.CrashRandom, Rand: rng})
+	if err != nil {
+		panic(err)
 	}
 	return f
 }
