@@ -636,7 +636,7 @@ func q2Descriptor(clusterBits uint, off uint64, size int) uint64 {
 // deflateBomb is a raw deflate stream of n zero bytes.
 func deflateBomb(n int) []byte {
 	var buf bytes.Buffer
-	w, _ := flate.NewWriter(&buf, flate.BestCompression)
+	w, _ := flate.NewWriter(&buf, flate.BestSpeed)
 	zero := make([]byte, 64<<10)
 	for n > 0 {
 		k := min(n, len(zero))
@@ -703,7 +703,7 @@ func q2CompressedMut(b Base, _ Target) []Mutation {
 		name   string
 		stream []byte
 	}{
-		{"deflate-bomb", deflateBomb(1000 * int(q.cs))},
+		{"deflate-bomb", deflateBomb(min(1000*int(q.cs), 16<<20))},
 		{"zstd-rle-bomb", zstdRLEBomb(64<<20, 23)},
 		{"zstd-huge-window", zstdRLEBomb(4<<20, 31)},
 		{"deflate-short", deflateBomb(int(q.cs) / 2)},
