@@ -93,7 +93,8 @@ type opKind uint8
 const (
 	opWrite opKind = iota
 	opTruncate
-	opZero // PunchHole, ZeroRange: the range reads as zeroes
+	opPunch // the range reads as zeroes; the length does not change
+	opZero  // the range reads as zeroes; the file grows to hold it
 	opPrealloc
 )
 
@@ -113,12 +114,10 @@ func (op *faultOp) apply(f *MemFile) {
 		_, _ = f.WriteAt(op.data, op.off)
 	case opTruncate:
 		_ = f.Truncate(op.off)
+	case opPunch:
+		_ = f.PunchHole(op.off, op.n)
 	case opZero:
-		if size, _ := f.Size(); op.off+op.n > size {
-			_ = f.ZeroRange(op.off, op.n)
-		} else {
-			_ = f.PunchHole(op.off, op.n)
-		}
+		_ = f.ZeroRange(op.off, op.n)
 	case opPrealloc:
 		_ = f.Preallocate(op.off, op.n)
 	}
@@ -238,7 +237,7 @@ func (f *FaultFile) Truncate(size int64) error {
 
 // PunchHole deallocates a range unless a fault is injected.
 func (f *FaultFile) PunchHole(off, n int64) error {
-	return f.record(faultOp{kind: opZero, off: off, n: n}, func() error { return PunchHole(f.inner, off, n) })
+	return f.record(faultOp{kind: opPunch, off: off, n: n}, func() error { return PunchHole(f.inner, off, n) })
 }
 
 // ZeroRange zeroes a range unless a fault is injected.

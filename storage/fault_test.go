@@ -271,3 +271,19 @@ func TestFaultFileOverHostFile(t *testing.T) {
 		t.Errorf("host file %q", got)
 	}
 }
+
+func TestFaultPunchAndZeroRange(t *testing.T) {
+	m := NewMemFile("f")
+	m.WriteAt([]byte("abcdefgh"), 0)
+	f, _ := NewFaultFile(m, nil)
+	f.PunchHole(6, 10)
+	f.ZeroRange(0, 2)
+	f.ZeroRange(7, 3)
+	c, err := f.Crash(CrashOptions{Mode: CrashAll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := content(t, c), "\x00\x00cdef\x00\x00\x00\x00"; got != want || got != content(t, m) {
+		t.Errorf("crash %q, file %q, want %q", got, content(t, m), want)
+	}
+}
