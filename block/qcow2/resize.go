@@ -192,6 +192,13 @@ func (i *Image) shrink(size, newL1 int64) error {
 		return errnof(err, "Failed to find the last cluster")
 	}
 	if end := (last + 1) * i.clusterSize; end < fileSize {
+		// The tables must stop referencing the clusters on disk before
+		// the file loses them (QEMU truncates with the updates still
+		// in its caches, so that a crash can leave references past the
+		// end of the file).
+		if err := i.flushCaches(); err != nil {
+			return errnof(err, "Failed to flush the metadata caches")
+		}
 		if err := i.f.Truncate(end); err != nil && i.warn != nil {
 			i.warn("Failed to truncate the tail of the image: " + storage.Strerror(err))
 		}

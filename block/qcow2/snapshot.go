@@ -595,6 +595,14 @@ func (i *Image) applySnapshot(idOrName string) error {
 	}
 	newL1 := make([]uint64, len(i.l1))
 	copy(newL1, snL1)
+	// The snapshot's table keeps the COPIED flags the active table had
+	// when the snapshot was taken; every L2 table it references is
+	// shared once its refcounts are raised, so none may be written in
+	// place. (QEMU writes the stale flags and fixes them afterwards: a
+	// crash in between would let writes change the snapshot's tables.)
+	for k := range newL1 {
+		newL1[k] &^= oflagCopied
+	}
 	// Raise the refcounts the snapshot's tables hold before the active
 	// table points to them; drop the old active table's only once it is
 	// overwritten.
