@@ -170,7 +170,7 @@ func AllocatedAbove(img, base Image, off, n int64) (bool, int64, error) {
 		if off >= size {
 			return true, length, nil
 		}
-		e, err := cur.BlockStatus(off, min(length, size-off))
+		e, err := cur.BlockStatus(off, min(length, size-off, StatusLimit(cur, off)))
 		if err != nil {
 			return false, 0, err
 		}
@@ -189,4 +189,29 @@ func AllocatedAbove(img, base Image, off, n int64) (bool, int64, error) {
 		cur = next
 	}
 	return false, length, nil
+}
+
+// StatusBounder is an image whose block status runs, in QEMU, end at
+// boundaries of its own: a qcow2 image describes no more than one L2 table
+// slice at a time. An image's BlockStatus may report longer runs; commands
+// that reproduce QEMU's request boundaries (commit, rebase) cap their
+// requests with StatusLimit.
+type StatusBounder interface {
+	// StatusBoundary returns where a run that QEMU reports at off ends
+	// at the latest; it is beyond off.
+	StatusBoundary(off int64) int64
+}
+
+// StatusLimit returns how many bytes from off QEMU's block status of img
+// can describe at most (looking through a *Node to its image), or the
+// largest int64 when img has no such bound.
+func StatusLimit(img Image, off int64) int64 {
+	b, ok := img.(StatusBounder)
+	if n, isNode := img.(*Node); !ok && isNode {
+		b, ok = n.Image.(StatusBounder)
+	}
+	if !ok {
+		return 1<<63 - 1
+	}
+	return max(b.StatusBoundary(off)-off, 1)
 }

@@ -64,7 +64,7 @@ func Rebase(p RebaseParams) error {
 	bufOld := make([]byte, min(size, RebaseChunk))
 	bufNew := make([]byte, len(bufOld))
 	for off, n := int64(0), int64(0); off < size; off += n {
-		n = min(RebaseChunk, size-off)
+		n = min(RebaseChunk, size-off, StatusLimit(img, off))
 		e, err := img.Image.BlockStatus(off, n)
 		if err == nil && (e.Length <= 0 || e.Length > n) {
 			err = fmt.Errorf("block status returned a run of %d bytes: %w", e.Length, ErrCorrupt)

@@ -140,7 +140,7 @@ func (v *commitView) BlockStatus(off, n int64) (block.Extent, error) {
 		}
 		v.iterStart, v.iterEnd = off, end
 	}
-	e, _, err := block.BlockStatusAbove(v.top, nil, off, v.iterEnd-off)
+	e, err := v.statusThroughChain(off, v.iterEnd-off)
 	if err != nil {
 		return block.Extent{}, err
 	}
@@ -158,6 +158,29 @@ func (v *commitView) BlockStatus(off, n int64) (block.Extent, error) {
 	}
 	io = min(io, v.size-off, n)
 	return block.Extent{Offset: off, Length: io, Status: status}, nil
+}
+
+// statusThroughChain is block.BlockStatusAbove of top through its whole
+// chain, with the run cut where QEMU's would end: at the status boundary
+// (block.StatusLimit) of any image consulted.
+func (v *commitView) statusThroughChain(off, n int64) (block.Extent, error) {
+	e, layer, err := block.BlockStatusAbove(v.top, nil, off, n)
+	if err != nil {
+		return block.Extent{}, err
+	}
+	limit := e.Length
+	for cur := v.top; cur != nil; cur = cur.Backing {
+		if off < cur.Size() {
+			limit = min(limit, block.StatusLimit(cur, off))
+		}
+		if block.Image(cur) == layer {
+			break
+		}
+	}
+	if limit < e.Length {
+		e, _, err = block.BlockStatusAbove(v.top, nil, off, limit)
+	}
+	return e, err
 }
 
 // clusterAligned reports whether [off, off+n) is made of whole clusters of
