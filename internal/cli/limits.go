@@ -168,6 +168,7 @@ func (a *App) startLimits(l limits) func() {
 	}
 	if room, ok := addressSpaceRoom(); ok {
 		target = min(target, max(room/2, 32<<20))
+		boundThreads(a.getenv)
 	}
 	if target != prevLimit {
 		debug.SetMemoryLimit(target)
@@ -252,12 +253,14 @@ func addressSpaceRoom() (int64, bool) {
 	return max(int64(rl.Cur)-pages*int64(os.Getpagesize()), 0), true
 }
 
-// boundThreads caps the number of threads running Go code when qimg runs
-// under an address-space rlimit and GOMAXPROCS is not set, so that per-
-// processor caches and workers stay within the little room such a limit
-// leaves.
+// boundThreads caps the number of threads running Go code (called under an
+// address-space rlimit, when GOMAXPROCS is not set), so that per-processor
+// caches and compression workers stay within the little room such a limit
+// leaves: under prlimit --as=1G a Go program has about 300 MiB left after
+// the runtime's own reservations, which convert -c with 256 workers
+// exceeds.
 func boundThreads(getenv func(string) string) {
-	if _, ok := addressSpaceRoom(); !ok || getenv("GOMAXPROCS") != "" {
+	if getenv("GOMAXPROCS") != "" {
 		return
 	}
 	if runtime.GOMAXPROCS(0) > maxProcsUnderRlimit {
@@ -266,4 +269,4 @@ func boundThreads(getenv func(string) string) {
 }
 
 // maxProcsUnderRlimit is GOMAXPROCS under an address-space rlimit.
-const maxProcsUnderRlimit = 4
+const maxProcsUnderRlimit = 8
