@@ -20,21 +20,25 @@ import (
 
 // amendSpecs are the options amend accepts, in the order QEMU's
 // qcow2_amend_opts lists them (which is the order they are applied and
-// checked in).
-var amendSpecs = []block.OptionSpec{
+// checked in): the LUKS key slot options, then the options creation shares
+// (QCOW_COMMON_OPTIONS).
+var amendSpecs = append([]block.OptionSpec{
 	{Name: "encrypt.state", Type: block.OptString, Help: "Select new state of affected keyslots (active/inactive)"},
 	{Name: "encrypt.keyslot", Type: block.OptNumber, Help: "Select a single keyslot to modify explicitly"},
 	{Name: "encrypt.old-secret", Type: block.OptString, Help: "Select all keyslots that match this password"},
 	{Name: "encrypt.new-secret", Type: block.OptString, Help: "New secret to set in the matching keyslots. Empty string to erase"},
 	{Name: "encrypt.iter-time", Type: block.OptNumber, Help: "Time to spend in PBKDF in milliseconds"},
-	{Name: "size", Type: block.OptSize, Help: "Virtual disk size"},
-	{Name: "compat", Type: block.OptString, Help: "Compatibility level (v2 [0.10] or v3 [1.1])"},
-	{Name: "backing_file", Type: block.OptString, Help: "File name of a base image"},
-	{Name: "backing_fmt", Type: block.OptString, Help: "Image format of the base image"},
-	{Name: "data_file", Type: block.OptString, Help: "File name of an external data file"},
-	{Name: "data_file_raw", Type: block.OptBool, Help: "The external data file must stay valid as a raw image"},
-	{Name: "lazy_refcounts", Type: block.OptBool, Help: "Postpone refcount updates", Default: "off"},
-	{Name: "refcount_bits", Type: block.OptNumber, Help: "Width of a reference count entry in bits", Default: "16"},
+}, commonSpecs()...)
+
+// commonSpecs are the create options from size on, which amend takes too.
+func commonSpecs() []block.OptionSpec {
+	specs := (&Driver{}).CreateSpecs()
+	for k, s := range specs {
+		if s.Name == "size" {
+			return specs[k:]
+		}
+	}
+	return nil
 }
 
 // AmendSpecs lists the options `qemu-img amend` accepts for qcow2.
@@ -166,11 +170,8 @@ func (a *amendProgress) step(done, size int64) {
 func (i *Image) Amend(opts *block.Options, force bool, progress func(done, total int64)) error {
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if !i.write {
-		return errReadOnly
-	}
-	if i.broken != nil {
-		return i.broken
+	if err := i.checkSnapshotWritable(); err != nil {
+		return err
 	}
 	p, err := i.parseAmend(opts)
 	if err != nil {

@@ -235,7 +235,7 @@ func TestInteropAmendIdentical(t *testing.T) {
 			if c.oldSnapshots {
 				stripSnapshotExtraData(t, theirs)
 			}
-			copyFile(t, theirs, ours)
+			oracle.CopyFile(t, theirs, ours)
 			oracle.MustQemuImg(t, "amend", "-o", c.opts, theirs)
 			n, err := hostEnv().Open(ours, hostWrite())
 			if err != nil {

@@ -447,8 +447,8 @@ func (i *Image) updateL2Refcounts(l2Offset int64, addend int) error {
 	})
 }
 
-// checkSnapshotWritable refuses snapshot changes to an image that cannot
-// be written. Snapshot operations do not change what the persistent
+// checkSnapshotWritable refuses metadata changes (snapshots, amend) to an
+// image that cannot be written. They do not change what the persistent
 // bitmaps describe, so unlike guest writes they leave them consistent.
 func (i *Image) checkSnapshotWritable() error {
 	if !i.write {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -437,7 +436,7 @@ func TestInteropSnapshotIdentical(t *testing.T) {
 				}
 				oracle.MustQemuIO(t, append(append([]string{"-f", "qcow2"}, writes...), theirs)...)
 				between := []string{"write -P 4 4k 8k", "write -P 5 900k 200k", "discard 1M 64k"}
-				copyFile(t, theirs, ours)
+				oracle.CopyFile(t, theirs, ours)
 				for s, o := range ops {
 					o.run(t, ours)
 					oracle.MustQemuImg(t, "snapshot", o.op, o.name, theirs)
@@ -452,18 +451,6 @@ func TestInteropSnapshotIdentical(t *testing.T) {
 				}
 			})
 		}
-	}
-}
-
-// copyFile copies a file.
-func copyFile(t testing.TB, from, to string) {
-	t.Helper()
-	b, err := os.ReadFile(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(to, b, 0o644); err != nil {
-		t.Fatal(err)
 	}
 }
 

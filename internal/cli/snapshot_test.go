@@ -63,7 +63,7 @@ func TestInteropSnapshot(t *testing.T) {
 		c("snapshot", "-c", "s", p("bm.qcow2")),
 	)
 	badL1 := p("bad.qcow2")
-	copyTestFile(t, p("sn.qcow2"), badL1)
+	oracle.CopyFile(t, p("sn.qcow2"), badL1)
 	corruptFirstSnapshotL1(t, badL1)
 
 	cp := func(names ...string) string {
@@ -164,18 +164,6 @@ func TestInteropSnapshot(t *testing.T) {
 		{name: "convert snapshot raw", setup: fresh, args: c("convert", "-l", "x", "-O", "raw", "r", "out")},
 	}
 	runDiffCases(t, cases)
-}
-
-// copyTestFile copies a file.
-func copyTestFile(t *testing.T, from, to string) {
-	t.Helper()
-	b, err := os.ReadFile(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(to, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // corruptFirstSnapshotL1 makes the first snapshot's L1 table offset
