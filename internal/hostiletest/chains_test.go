@@ -2,12 +2,9 @@ package hostiletest
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/qimg/qimg/internal/mutate"
 )
 
 // TestBackingLoops opens images that are their own backing file (directly,
@@ -17,30 +14,19 @@ import (
 // in memory on them). Plain info opens only the image and succeeds.
 func TestBackingLoops(t *testing.T) {
 	h := newHost(t)
-	cases, err := mutate.NewRegistry().GenerateFormat("qcow2", mutate.Target{Secret: h.secret, NetAddr: h.addr, Sample: 1 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
-	loops := map[string]bool{
-		"qcow2/v3/backing-self": true, "qcow2/v3/backing-self-via-symlink": true,
-		"qcow2/v3/loop-pair": true, "qcow2/v3/loop-via-symlink": true, "qcow2/v3/loop-below": true,
-	}
-	found := 0
-	for i := range cases {
-		c := &cases[i]
-		if !loops[c.Name] {
-			continue
+	cases := h.essentialCases(t, "qcow2")
+	for k, name := range []string{
+		"qcow2/v3/backing-self", "qcow2/v3/backing-self-via-symlink",
+		"qcow2/v3/loop-pair", "qcow2/v3/loop-via-symlink", "qcow2/v3/loop-below",
+	} {
+		c := cases[name]
+		if c == nil {
+			t.Fatalf("no case %s", name)
 		}
-		found++
 		for _, mode := range []string{"default", "untrusted"} {
 			t.Run(c.Name+"/"+mode, func(t *testing.T) {
-				dir := filepath.Join(h.root, "loops", fmt.Sprint(i), mode)
-				if err := os.MkdirAll(dir, 0o755); err != nil {
-					t.Fatal(err)
-				}
-				if err := c.Write(dir); err != nil {
-					t.Fatal(err)
-				}
+				dir := filepath.Join(h.root, "loops", fmt.Sprint(k), mode)
+				writeCase(t, c, dir)
 				var env []string
 				if mode == "untrusted" {
 					env = []string{"QIMG_UNTRUSTED=1"}
@@ -66,35 +52,18 @@ func TestBackingLoops(t *testing.T) {
 			})
 		}
 	}
-	if found != len(loops) {
-		t.Fatalf("found %d of the %d loop cases", found, len(loops))
-	}
 }
 
 // TestChainDepth opens a chain of 40 images: default mode follows it;
 // untrusted mode stops at its depth limit (16), or at the one --limits sets.
 func TestChainDepth(t *testing.T) {
 	h := newHost(t)
-	cases, err := mutate.NewRegistry().GenerateFormat("qcow2", mutate.Target{Secret: h.secret, NetAddr: h.addr, Sample: 1 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var c *mutate.Case
-	for i := range cases {
-		if cases[i].Name == "qcow2/v3/chain-depth-40" {
-			c = &cases[i]
-		}
-	}
+	c := h.essentialCases(t, "qcow2")["qcow2/v3/chain-depth-40"]
 	if c == nil {
 		t.Fatal("no chain case")
 	}
 	dir := filepath.Join(h.root, "chain")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Write(dir); err != nil {
-		t.Fatal(err)
-	}
+	writeCase(t, c, dir)
 	out := filepath.Join(h.root, "chain.raw")
 	r := h.readOnly(t, dir, nil, "convert", "-O", "raw", c.Main, out)
 	h.checkRun(t, r, 0)

@@ -106,6 +106,32 @@ func (h *host) target() mutate.Target {
 	return t
 }
 
+// essentialCases returns a format's essential cases (the hostile names,
+// loops, chains, bombs and huge tables), by name.
+func (h *host) essentialCases(t *testing.T, format string) map[string]*mutate.Case {
+	t.Helper()
+	cases, err := mutate.NewRegistry().GenerateFormat(format, mutate.Target{Secret: h.secret, NetAddr: h.addr, Sample: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := make(map[string]*mutate.Case, len(cases))
+	for i := range cases {
+		m[cases[i].Name] = &cases[i]
+	}
+	return m
+}
+
+// writeCase writes a case's files into dir, which it creates.
+func writeCase(t *testing.T, c *mutate.Case, dir string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Write(dir); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // result is one run of the binary.
 type result struct {
 	args   []string
@@ -450,12 +476,7 @@ type casePlan struct {
 // hidden corpus on it in untrusted mode: info, info --output=json, check
 // and convert -O raw.
 func (h *host) runCase(t *testing.T, c *mutate.Case, dir string, plan casePlan) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Write(dir); err != nil {
-		t.Fatal(err)
-	}
+	writeCase(t, c, dir)
 	c.Files = nil // written: let the memory go
 	out := filepath.Join(h.root, "out", filepath.Base(dir))
 	if err := os.MkdirAll(out, 0o755); err != nil {
@@ -546,13 +567,8 @@ func TestDefaultModeRefusesProtocols(t *testing.T) {
 		n++
 		t.Run(c.Name, func(t *testing.T) {
 			dir := filepath.Join(h.root, "cases", fmt.Sprint(i))
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
+			writeCase(t, c, dir)
 			defer os.RemoveAll(dir)
-			if err := c.Write(dir); err != nil {
-				t.Fatal(err)
-			}
 			target := filepath.Join(h.root, "out.raw")
 			defer os.Remove(target)
 			r := h.readOnly(t, dir, nil, "convert", "-O", "raw", c.Main, target)

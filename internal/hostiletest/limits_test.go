@@ -1,12 +1,9 @@
 package hostiletest
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/qimg/qimg/internal/mutate"
 )
 
 // TestLimitsEndRuns runs the binary on a small image that describes 8 TiB
@@ -15,26 +12,12 @@ import (
 // time and memory limits end such runs with one line and exit status 1.
 func TestLimitsEndRuns(t *testing.T) {
 	h := newHost(t)
-	cases, err := mutate.NewRegistry().GenerateFormat("qcow2", mutate.Target{Secret: h.secret, NetAddr: h.addr, Sample: 1 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var c *mutate.Case
-	for i := range cases {
-		if cases[i].Name == "qcow2/v3/huge-l1-32MiB-one-l2" {
-			c = &cases[i]
-		}
-	}
+	c := h.essentialCases(t, "qcow2")["qcow2/v3/huge-l1-32MiB-one-l2"]
 	if c == nil {
 		t.Fatal("case not generated")
 	}
 	dir := filepath.Join(h.root, "slow")
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Write(dir); err != nil {
-		t.Fatal(err)
-	}
+	writeCase(t, c, dir)
 	out := filepath.Join(h.root, "out.raw")
 	tests := []struct {
 		env    []string

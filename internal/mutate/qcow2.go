@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/klauspost/compress/flate"
 )
@@ -335,6 +336,10 @@ func setField(b []byte, off int64, width int, v uint64) {
 	switch width {
 	case 1:
 		b[off] = byte(v)
+	case 2:
+		if off >= 0 && off+2 <= int64(len(b)) {
+			binary.BigEndian.PutUint16(b[off:], uint16(v))
+		}
 	case 4:
 		put32(b, off, uint32(v))
 	default:
@@ -342,29 +347,75 @@ func setField(b []byte, off int64, width int, v uint64) {
 	}
 }
 
+// poke is one change to an image: the big-endian field of width bytes at
+// off set to v.
+type poke struct {
+	name  string
+	off   int64
+	width int
+	v     uint64
+}
+
+// at returns pokes of 8-byte words at off, one per value.
+func at(off int64, values []named) []poke {
+	p := make([]poke, len(values))
+	for k, v := range values {
+		p[k] = poke{v.name, off, 8, v.v}
+	}
+	return p
+}
+
+// named is a value with a name for the mutation that writes it.
+type named struct {
+	name string
+	v    uint64
+}
+
+// pokes returns one mutation per poke: a copy of the base whose main image
+// has that one change.
+func pokes(b Base, ps []poke) []Mutation {
+	data := b.Files[b.Main].Data
+	out := make([]Mutation, 0, len(ps))
+	for _, p := range ps {
+		d := slices.Clone(data)
+		setField(d, p.off, p.width, p.v)
+		out = append(out, Mutation{Name: p.name, Base: b.with(d)})
+	}
+	return out
+}
+
+// layoutOf returns the layout of the base's main image when the base is one
+// of names.
+func layoutOf(b Base, names ...string) (*q2layout, bool) {
+	if !slices.Contains(names, b.Name) {
+		return nil, false
+	}
+	q, err := parseQcow2(b.Files[b.Main].Data)
+	return q, err == nil
+}
+
 // q2Header sets each header field to boundary values, in the v3 base (and
 // the version-specific ones in v2).
 func q2Header(b Base, _ Target) []Mutation {
-	if b.Name != "v3" && b.Name != "v2" {
+	q, ok := layoutOf(b, "v3", "v2")
+	if !ok {
 		return nil
 	}
-	data := b.Files[b.Main].Data
-	q, err := parseQcow2(data)
-	if err != nil {
-		return nil
-	}
-	var out []Mutation
+	var ps []poke
 	for _, f := range q2Fields {
 		if b.Name == "v2" && !slices.Contains([]string{"version", "size", "l1-offset", "backing-offset"}, f.name) {
 			continue
 		}
 		for _, v := range f.values(q) {
-			d := slices.Clone(data)
-			setField(d, f.off, f.width, v)
-			if f.name == "backing-size" && be64(d, q2BackingOff) == 0 {
-				put64(d, q2BackingOff, uint64(q.extsEnd))
-			}
-			out = append(out, Mutation{Name: fmt.Sprintf("%s=%#x", f.name, v), Base: b.with(d)})
+			ps = append(ps, poke{fmt.Sprintf("%s=%#x", f.name, v), f.off, f.width, v})
+		}
+	}
+	out := pokes(b, ps)
+	// A backing file name size without an offset means nothing; give
+	// those an offset.
+	for _, m := range out {
+		if d := m.Base.Files[m.Base.Main].Data; strings.HasPrefix(m.Name, "backing-size=") {
+			put64(d, q2BackingOff, uint64(q.extsEnd))
 		}
 	}
 	return out
@@ -447,14 +498,11 @@ func q2Embed(b Base, name, format string, dataFile bool) (Base, error) {
 // table of odd length, crypto and bitmaps extensions where they do not
 // belong, and extensions that leave no room for the backing file name.
 func q2Extensions(b Base, _ Target) []Mutation {
-	if b.Name != "v3" && b.Name != "overlay" && b.Name != "bitmaps" && b.Name != "datafile" {
+	q, ok := layoutOf(b, "v3", "overlay", "bitmaps", "datafile")
+	if !ok {
 		return nil
 	}
-	data := b.Files[b.Main].Data
-	q, err := parseQcow2(data)
-	if err != nil {
-		return nil
-	}
+	data := q.b
 	var out []Mutation
 	add := func(name string, d []byte) { out = append(out, Mutation{Name: name, Base: b.with(d)}) }
 	// Each existing extension's length set to boundary values.
@@ -544,19 +592,13 @@ func q2FeatureTable() []byte {
 // q2L1 points L1 entries outside the file, at misaligned offsets, into the
 // header and the other tables, and sets reserved bits.
 func q2L1(b Base, _ Target) []Mutation {
-	if b.Name != "v3" && b.Name != "v2" && b.Name != "extl2" {
+	q, ok := layoutOf(b, "v3", "v2", "extl2")
+	if !ok || q.l1Size == 0 {
 		return nil
 	}
-	data := b.Files[b.Main].Data
-	q, err := parseQcow2(data)
-	if err != nil || q.l1Size == 0 {
-		return nil
-	}
+	data := q.b
 	n := uint64(len(data))
-	values := []struct {
-		name string
-		v    uint64
-	}{
+	return pokes(b, at(q.l1Off, []named{
 		{"beyond-eof", q2Copied | (n+uint64(q.cs))&q2OffsetMask},
 		{"far", q2Copied | q2OffsetMask},
 		{"misaligned", q2Copied | (uint64(q.l2Tables[0]) + 512)},
@@ -568,33 +610,20 @@ func q2L1(b Base, _ Target) []Mutation {
 		{"reserved-bits", q2Copied | 0x7f00000000000000 | uint64(q.l2Tables[0])},
 		{"compressed-bit", q2Compressed | uint64(q.l2Tables[0])},
 		{"all-ones", ^uint64(0)},
-	}
-	var out []Mutation
-	for _, v := range values {
-		d := slices.Clone(data)
-		put64(d, q.l1Off, v.v)
-		out = append(out, Mutation{Name: v.name, Base: b.with(d)})
-	}
-	return out
+	}))
 }
 
 // q2L2 damages the first data cluster's L2 entry.
 func q2L2(b Base, _ Target) []Mutation {
-	if b.Name != "v3" && b.Name != "extl2" && b.Name != "v2" {
+	q, ok := layoutOf(b, "v3", "extl2", "v2")
+	if !ok || len(q.normal) == 0 {
 		return nil
 	}
-	data := b.Files[b.Main].Data
-	q, err := parseQcow2(data)
-	if err != nil || len(q.normal) == 0 {
-		return nil
-	}
+	data := q.b
 	e := q.normal[0]
 	orig := be64(data, e)
 	n := uint64(len(data))
-	values := []struct {
-		name string
-		v    uint64
-	}{
+	ps := at(e, []named{
 		{"beyond-eof", q2Copied | (n+uint64(q.cs))&q2OffsetMask},
 		{"far", q2Copied | q2OffsetMask},
 		{"misaligned", orig + 512},
@@ -605,22 +634,19 @@ func q2L2(b Base, _ Target) []Mutation {
 		{"zero-misaligned", orig | 1 | 512},
 		{"all-ones", ^uint64(0)},
 		{"compressed-garbage", q2Compressed | uint64(q.l1Off)},
-	}
-	var out []Mutation
-	for _, v := range values {
-		d := slices.Clone(data)
-		put64(d, e, v.v)
-		out = append(out, Mutation{Name: v.name, Base: b.with(d)})
-	}
+	})
 	if q.extL2 {
 		for _, bm := range []uint64{^uint64(0), 0x0000000100000001, 0xffffffff00000000} {
-			d := slices.Clone(data)
-			put64(d, e+8, bm)
-			out = append(out, Mutation{Name: fmt.Sprintf("bitmap=%#x", bm), Base: b.with(d)})
-			d = slices.Clone(data)
-			put64(d, e, 0)
-			put64(d, e+8, bm)
-			out = append(out, Mutation{Name: fmt.Sprintf("unallocated-bitmap=%#x", bm), Base: b.with(d)})
+			ps = append(ps, poke{fmt.Sprintf("bitmap=%#x", bm), e + 8, 8, bm})
+		}
+	}
+	out := pokes(b, ps)
+	if q.extL2 {
+		// The same bitmaps on an unallocated entry.
+		for _, bm := range []uint64{^uint64(0), 0x0000000100000001, 0xffffffff00000000} {
+			m := pokes(b, []poke{{fmt.Sprintf("unallocated-bitmap=%#x", bm), e + 8, 8, bm}})[0]
+			put64(m.Base.Files[m.Base.Main].Data, e, 0)
+			out = append(out, m)
 		}
 	}
 	return out
@@ -667,24 +693,16 @@ func zstdRLEBomb(n int, windowLog uint) []byte {
 // q2CompressedMut damages compressed cluster descriptors and points them
 // at decompression bombs: streams that inflate far beyond a cluster.
 func q2CompressedMut(b Base, _ Target) []Mutation {
-	if b.Name != "v3" && b.Name != "zstd" && b.Name != "c64k" {
+	q, ok := layoutOf(b, "v3", "zstd", "c64k")
+	if !ok || len(q.compressed) == 0 {
 		return nil
 	}
-	data := b.Files[b.Main].Data
-	q, err := parseQcow2(data)
-	if err != nil || len(q.compressed) == 0 {
-		return nil
-	}
+	data := q.b
 	e := q.compressed[0]
 	orig := be64(data, e)
 	shift := 62 - (q.clusterBits - 8)
 	n := uint64(len(data))
-	var out []Mutation
-	add := func(name string, d []byte) { out = append(out, Mutation{Name: name, Base: b.with(d)}) }
-	for _, v := range []struct {
-		name string
-		v    uint64
-	}{
+	out := pokes(b, at(e, []named{
 		{"beyond-eof", q2Descriptor(q.clusterBits, n+512, 512)},
 		{"max-sectors", orig | ((1<<(q.clusterBits-8))-1)<<shift},
 		{"straddles-eof", q2Descriptor(q.clusterBits, n-100, 2*int(q.cs))},
@@ -692,11 +710,8 @@ func q2CompressedMut(b Base, _ Target) []Mutation {
 		{"l1-table", q2Descriptor(q.clusterBits, uint64(q.l1Off), 512)},
 		{"far", q2Compressed | (1<<shift - 512)},
 		{"copied-and-compressed", orig | q2Copied},
-	} {
-		d := slices.Clone(data)
-		put64(d, e, v.v)
-		add(v.name, d)
-	}
+	}))
+	add := func(name string, d []byte) { out = append(out, Mutation{Name: name, Base: b.with(d)}) }
 	// Bombs appended at the end of the file, aligned to a sector, as
 	// large as a descriptor can describe (two clusters).
 	bombs := []struct {
@@ -738,14 +753,11 @@ func q2CompressedMut(b Base, _ Target) []Mutation {
 // that table at the same data cluster, so that a small file describes a
 // virtual disk full of one cluster.
 func q2Amplify(b Base, _ Target) []Mutation {
-	if b.Name != "v3" {
+	q, ok := layoutOf(b, "v3")
+	if !ok || len(q.normal) == 0 {
 		return nil
 	}
-	data := b.Files[b.Main].Data
-	q, err := parseQcow2(data)
-	if err != nil || len(q.normal) == 0 {
-		return nil
-	}
+	data := q.b
 	d := slices.Clone(data)
 	l1 := be64(d, q.l1Off)
 	for i := int64(0); i < q.l1Size; i++ {
@@ -760,31 +772,22 @@ func q2Amplify(b Base, _ Target) []Mutation {
 
 // q2Refcount damages the refcount table and a refcount block.
 func q2Refcount(b Base, _ Target) []Mutation {
-	if b.Name != "v3" && b.Name != "zstd" {
+	q, ok := layoutOf(b, "v3", "zstd")
+	if !ok || len(q.refBlocks) == 0 {
 		return nil
 	}
-	data := b.Files[b.Main].Data
-	q, err := parseQcow2(data)
-	if err != nil || len(q.refBlocks) == 0 {
-		return nil
-	}
+	data := q.b
 	n := uint64(len(data))
-	var out []Mutation
-	for _, v := range []struct {
-		name string
-		v    uint64
-	}{
-		{"beyond-eof", n + uint64(q.cs)},
-		{"misaligned", uint64(q.refBlocks[0]) + 512},
-		{"header", 0x0},
-		{"reftable-self", uint64(q.rtOff)},
-		{"l1-table", uint64(q.l1Off)},
-		{"far", ^uint64(0) - uint64(q.cs) + 1},
-	} {
-		d := slices.Clone(data)
-		put64(d, q.rtOff, v.v)
-		out = append(out, Mutation{Name: "entry-" + v.name, Base: b.with(d)})
-	}
+	out := pokes(b, append(at(q.rtOff, []named{
+		{"entry-beyond-eof", n + uint64(q.cs)},
+		{"entry-misaligned", uint64(q.refBlocks[0]) + 512},
+		{"entry-header", 0x0},
+		{"entry-reftable-self", uint64(q.rtOff)},
+		{"entry-l1-table", uint64(q.l1Off)},
+		{"entry-far", ^uint64(0) - uint64(q.cs) + 1},
+	}),
+		// The second entry names a block beyond the end of the file.
+		poke{"second-entry-beyond-eof", q.rtOff + 8, 8, n + 1<<20}))
 	for _, fill := range []byte{0, 0xff} {
 		d := slices.Clone(data)
 		rb := q.refBlocks[0]
@@ -793,32 +796,19 @@ func q2Refcount(b Base, _ Target) []Mutation {
 		}
 		out = append(out, Mutation{Name: fmt.Sprintf("block-%#x", fill), Base: b.with(d)})
 	}
-	// The second reftable entry names a block beyond the end of the file.
-	d := slices.Clone(data)
-	put64(d, q.rtOff+8, n+1<<20)
-	out = append(out, Mutation{Name: "second-entry-beyond-eof", Base: b.with(d)})
 	return out
 }
 
 // q2Snapshots damages the snapshot table.
 func q2Snapshots(b Base, _ Target) []Mutation {
-	if b.Name != "snap" {
+	q, ok := layoutOf(b, "snap")
+	if !ok || len(q.snapEntries) == 0 {
 		return nil
 	}
-	data := b.Files[b.Main].Data
-	q, err := parseQcow2(data)
-	if err != nil || len(q.snapEntries) == 0 {
-		return nil
-	}
+	data := q.b
 	e := q.snapEntries[0]
 	n := uint64(len(data))
-	var out []Mutation
-	for _, f := range []struct {
-		name  string
-		off   int64
-		width int
-		v     uint64
-	}{
+	out := pokes(b, []poke{
 		{"l1-offset-eof", e, 8, n + uint64(q.cs)},
 		{"l1-offset-misaligned", e, 8, uint64(q.l1Off) + 8},
 		{"l1-offset-zero", e, 8, 0},
@@ -836,16 +826,7 @@ func q2Snapshots(b Base, _ Target) []Mutation {
 		{"count-max", q2NbSnapshots, 4, 65536},
 		{"table-at-eof", q2SnapshotsOff, 8, n - 8},
 		{"table-is-header", q2SnapshotsOff, 8, 0},
-	} {
-		d := slices.Clone(data)
-		switch f.width {
-		case 2:
-			binary.BigEndian.PutUint16(d[f.off:], uint16(f.v))
-		default:
-			setField(d, f.off, f.width, f.v)
-		}
-		out = append(out, Mutation{Name: f.name, Base: b.with(d)})
-	}
+	})
 	// 65536 snapshots whose table lies in a hole beyond the end of the
 	// file content, each with the largest extra data QEMU accepts.
 	d := slices.Clone(data)
@@ -872,14 +853,11 @@ func q2Snapshots(b Base, _ Target) []Mutation {
 // q2Bitmaps damages the bitmaps extension, the bitmap directory and a
 // bitmap table.
 func q2Bitmaps(b Base, _ Target) []Mutation {
-	if b.Name != "bitmaps" {
+	q, ok := layoutOf(b, "bitmaps")
+	if !ok || q.bmDirSize == 0 {
 		return nil
 	}
-	data := b.Files[b.Main].Data
-	q, err := parseQcow2(data)
-	if err != nil || q.bmDirSize == 0 {
-		return nil
-	}
+	data := q.b
 	var ext int64
 	for _, x := range q.exts {
 		if x.magic == q2ExtBitmaps {
@@ -888,13 +866,7 @@ func q2Bitmaps(b Base, _ Target) []Mutation {
 	}
 	n := uint64(len(data))
 	dir := q.bmDirOff
-	var out []Mutation
-	for _, f := range []struct {
-		name  string
-		off   int64
-		width int
-		v     uint64
-	}{
+	out := pokes(b, []poke{
 		{"count-zero", ext, 4, 0},
 		{"count-more", ext, 4, 3},
 		{"count-max", ext, 4, 65536},
@@ -918,22 +890,10 @@ func q2Bitmaps(b Base, _ Target) []Mutation {
 		{"name-size", dir + 18, 2, 0xffff},
 		{"extra-size", dir + 20, 4, 8},
 		{"autoclear-off", q2Autoclear, 8, 0},
-	} {
-		d := slices.Clone(data)
-		switch f.width {
-		case 2:
-			binary.BigEndian.PutUint16(d[f.off:], uint16(f.v))
-		default:
-			setField(d, f.off, f.width, f.v)
-		}
-		out = append(out, Mutation{Name: f.name, Base: b.with(d)})
-	}
-	for _, t := range q.bmTables[:1] {
-		for _, v := range []uint64{n + uint64(q.cs), 512 + uint64(t), ^uint64(0)} {
-			d := slices.Clone(data)
-			put64(d, t, v)
-			out = append(out, Mutation{Name: fmt.Sprintf("table-entry=%#x", v), Base: b.with(d)})
-		}
+	})
+	t := q.bmTables[0]
+	for _, v := range []uint64{n + uint64(q.cs), 512 + uint64(t), ^uint64(0)} {
+		out = append(out, pokes(b, []poke{{fmt.Sprintf("table-entry=%#x", v), t, 8, v}})...)
 	}
 	return out
 }
@@ -942,14 +902,11 @@ func q2Bitmaps(b Base, _ Target) []Mutation {
 // entry larger), held in sparse files: a 32 MiB L1 table describing an
 // 8 TiB disk, an 8 MiB refcount table, and a virtual size at the limit.
 func q2Huge(b Base, _ Target) []Mutation {
-	if b.Name != "v3" {
+	q, ok := layoutOf(b, "v3")
+	if !ok {
 		return nil
 	}
-	data := b.Files[b.Main].Data
-	q, err := parseQcow2(data)
-	if err != nil {
-		return nil
-	}
+	data := q.b
 	n := (int64(len(data)) + q.cs - 1) &^ (q.cs - 1)
 	var out []Mutation
 	sparse := func(name string, d []byte, size int64, chunks ...Chunk) {
@@ -1013,13 +970,10 @@ func q2DataFileFlags(b Base, _ Target) []Mutation {
 		return nil
 	}
 	data := b.Files[b.Main].Data
-	var out []Mutation
-	d := slices.Clone(data)
-	put64(d, q2Incompatible, be64(d, q2Incompatible)&^4)
-	out = append(out, Mutation{Name: "bit-cleared", Base: b.with(d)})
-	d = slices.Clone(data)
-	put64(d, q2Autoclear, be64(d, q2Autoclear)|2)
-	out = append(out, Mutation{Name: "raw-bit", Base: b.with(d)})
+	out := pokes(b, []poke{
+		{"bit-cleared", q2Incompatible, 8, be64(data, q2Incompatible) &^ 4},
+		{"raw-bit", q2Autoclear, 8, be64(data, q2Autoclear) | 2},
+	})
 	nb := b.clone()
 	delete(nb.Files, "data.raw")
 	out = append(out, Mutation{Name: "missing", Base: nb})
