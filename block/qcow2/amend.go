@@ -734,46 +734,40 @@ func (i *Image) writeNewRefblock(st *refcountChange, index int, block []byte, em
 // and handing each to op once complete (QEMU's walk_over_reftable). The
 // old table may grow during the walk (op allocates).
 func (i *Image) walkOverReftable(st *refcountChange, block []byte, op refblockOp) error {
-	newIndex := 0
+	newIndex := int64(0)
 	empty := true
-	// put adds the refcount of old cluster index k to the new blocks; it
-	// is read (by get, nil for 0) once op has handled a complete block,
-	// since op may have allocated that very cluster.
-	put := func(k int64, get func() uint64) error {
-		if newIndex >= st.blockSize {
-			if err := op(st, st.tableIndex, block, empty); err != nil {
-				return err
-			}
-			st.tableIndex++
-			newIndex = 0
-			empty = true
+	if block != nil {
+		clear(block)
+	}
+	// next hands a complete new block to op and starts the next one.
+	next := func() error {
+		if newIndex < int64(st.blockSize) {
+			return nil
 		}
-		var rc uint64
-		if get != nil {
-			rc = get()
+		if err := op(st, st.tableIndex, block, empty); err != nil {
+			return err
 		}
-		if st.newBits < 64 && rc>>st.newBits != 0 {
-			return &reportedError{
-				msg:   fmt.Sprintf("Cannot decrease refcount entry width to %d bits: Cluster at offset %#x has a refcount of %d", st.newBits, k<<i.clusterBits, rc),
-				errno: syscall.EINVAL,
-			}
-		}
+		st.tableIndex++
+		newIndex = 0
+		empty = true
 		if block != nil {
-			st.newAccess.set(block, uint64(newIndex), rc)
+			clear(block)
 		}
-		newIndex++
-		empty = empty && rc == 0
 		return nil
 	}
 	for ti := 0; ti < len(i.reftable); ti++ {
 		st.pr.step(int64(st.walk)*int64(len(i.reftable))+int64(ti), int64(st.walks)*int64(len(i.reftable)))
-		first := int64(ti) << i.rbBits
 		off := int64(i.reftable[ti] & reftOffsetMask)
 		if off == 0 {
-			for bi := int64(0); bi < i.rbSize; bi++ {
-				if err := put(first+bi, nil); err != nil {
+			// A missing block counts zeroes, which the new blocks
+			// hold already.
+			for left := i.rbSize; left > 0; {
+				if err := next(); err != nil {
 					return err
 				}
+				n := min(left, int64(st.blockSize)-newIndex)
+				newIndex += n
+				left -= n
 			}
 			continue
 		}
@@ -786,20 +780,32 @@ func (i *Image) walkOverReftable(st *refcountChange, block []byte, op refblockOp
 			return errnof(err, "Failed to retrieve refblock")
 		}
 		for bi := int64(0); bi < i.rbSize; bi++ {
-			idx := uint64(bi)
-			if err := put(first+bi, func() uint64 { return i.refcount.get(e.data, idx) }); err != nil {
+			// The refcount is read once op has handled a complete
+			// block: op may have allocated this very cluster.
+			if err := next(); err != nil {
 				i.rcCache.put(e)
 				return err
 			}
+			rc := i.refcount.get(e.data, uint64(bi))
+			if st.newBits < 64 && rc>>st.newBits != 0 {
+				i.rcCache.put(e)
+				cluster := (int64(ti)<<i.rbBits + bi) << i.clusterBits
+				return &reportedError{
+					msg:   fmt.Sprintf("Cannot decrease refcount entry width to %d bits: Cluster at offset %#x has a refcount of %d", st.newBits, cluster, rc),
+					errno: syscall.EINVAL,
+				}
+			}
+			if rc != 0 {
+				if block != nil {
+					st.newAccess.set(block, uint64(newIndex), rc)
+				}
+				empty = false
+			}
+			newIndex++
 		}
 		i.rcCache.put(e)
 	}
 	if newIndex > 0 {
-		if block != nil {
-			for ; newIndex < st.blockSize; newIndex++ {
-				st.newAccess.set(block, uint64(newIndex), 0)
-			}
-		}
 		if err := op(st, st.tableIndex, block, empty); err != nil {
 			return err
 		}

@@ -95,8 +95,8 @@ func TestInteropAmend(t *testing.T) {
 	}
 	for _, bits := range []string{"1", "2", "4", "8", "32", "64"} {
 		cases = append(cases, diffCase{name: "refcount bits " + bits,
-			setup: [][]string{c("create", "-q", "-f", "qcow2", "-o", "cluster_size=512", "img", "64M")},
-			shell: "qemu-io -f qcow2 -c 'write -P 1 0 3M' img",
+			setup: [][]string{c("create", "-q", "-f", "qcow2", "-o", "cluster_size=512", "img", "16M")},
+			shell: "qemu-io -f qcow2 -c 'write -P 1 0 1M' -c 'write -P 2 12M 64k' img",
 			args:  c("amend", "-p", "-o", "refcount_bits="+bits, "img"), files: c("img"), checkOf: c("img")})
 	}
 	runDiffCases(t, cases)
