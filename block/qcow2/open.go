@@ -358,13 +358,8 @@ func open(f storage.File, o *block.DriverOptions) (*Image, error) {
 	}
 	i.l1Offset = int64(h.L1TableOffset)
 	if h.L1Size > 0 {
-		raw := make([]byte, int(h.L1Size)*l1EntrySize)
-		if err := storage.ReadFull(f, raw, i.l1Offset); err != nil {
+		if i.l1, err = readTable(f, i.l1Offset, int(h.L1Size)); err != nil {
 			return nil, fmt.Errorf("Could not read L1 table: %s", storage.Strerror(err))
-		}
-		i.l1 = make([]uint64, h.L1Size)
-		for k := range i.l1 {
-			i.l1[k] = binary.BigEndian.Uint64(raw[8*k:])
 		}
 	}
 	if err := i.applyOptions(o.Options); err != nil {
@@ -618,17 +613,37 @@ func (i *Image) cacheSizes(o *block.Options) (l2, l2Entry, rc uint64, err error)
 // loadRefcountTable reads the refcount table into memory.
 func (i *Image) loadRefcountTable() error {
 	n := int(i.hdr.RefcountTableClusters) << (i.clusterBits - 3)
-	raw := make([]byte, n*reftableEntrySize)
-	if err := storage.ReadFull(i.f, raw, int64(i.hdr.RefcountTableOffset)); err != nil {
+	t, err := readTable(i.f, int64(i.hdr.RefcountTableOffset), n)
+	if err != nil {
 		return err
 	}
-	i.reftable = make([]uint64, n)
-	for k := range i.reftable {
-		i.reftable[k] = binary.BigEndian.Uint64(raw[8*k:])
-	}
+	i.reftable = t
 	i.reftableOff = int64(i.hdr.RefcountTableOffset)
 	i.updateMaxReftableIndex()
 	return nil
+}
+
+// tableReadChunk is how many bytes of a table readTable reads at a time.
+const tableReadChunk = 64 << 10
+
+// readTable reads a table of n big-endian 64-bit entries at off, a chunk at
+// a time, so that loading a table takes its own size in memory and not
+// twice that (a 32 MiB L1 table in each image of a chain adds up).
+// Entries past the end of the file read as zeroes.
+func readTable(f io.ReaderAt, off int64, n int) ([]uint64, error) {
+	t := make([]uint64, n)
+	raw := make([]byte, min(n*8, tableReadChunk))
+	for k := 0; k < n; {
+		m := min(n-k, len(raw)/8)
+		if err := storage.ReadFull(f, raw[:m*8], off+int64(k)*8); err != nil {
+			return nil, err
+		}
+		for j := 0; j < m; j++ {
+			t[k+j] = binary.BigEndian.Uint64(raw[8*j:])
+		}
+		k += m
+	}
+	return t, nil
 }
 
 // updateMaxReftableIndex finds the last refcount table entry in use.
