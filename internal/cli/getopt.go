@@ -1,6 +1,9 @@
 package cli
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // Argument kinds of a long option.
 const (
@@ -38,6 +41,10 @@ type getopt struct {
 	inWord   bool // nextchar is the rest of a short-option group
 	first    int  // first_nonopt
 	last     int  // last_nonopt
+	// errText is what glibc's getopt prints (after "argv[0]: ") for the
+	// last error it returned, when the option string does not start
+	// with ':' and so asks it to report errors itself.
+	errText string
 }
 
 func newGetopt(args []string, shortopts string, longopts []longOpt) *getopt {
@@ -128,6 +135,7 @@ func (g *getopt) next() int {
 	}
 	i := strings.IndexByte(g.shortopts, c)
 	if i < 0 || c == ':' || c == ';' {
+		g.errText = fmt.Sprintf("invalid option -- '%c'", c)
 		return '?'
 	}
 	spec := g.shortopts[i+1:]
@@ -146,6 +154,7 @@ func (g *getopt) next() int {
 			if g.colon {
 				return ':'
 			}
+			g.errText = fmt.Sprintf("option requires an argument -- '%c'", c)
 			return '?'
 		} else {
 			g.optarg, g.hasArg = g.args[g.optind], true
@@ -182,17 +191,25 @@ func (g *getopt) longOption() int {
 			}
 		}
 		if ambiguous {
+			g.errText = fmt.Sprintf("option '--%s' is ambiguous; possibilities:", name)
+			for _, p := range g.longopts {
+				if strings.HasPrefix(p.name, name) {
+					g.errText += fmt.Sprintf(" '--%s'", p.name)
+				}
+			}
 			g.optind++
 			return '?'
 		}
 	}
 	if found == nil {
+		g.errText = fmt.Sprintf("unrecognized option '--%s'", word)
 		g.optind++
 		return '?'
 	}
 	g.optind++
 	if hasValue {
 		if found.hasArg == noArgument {
+			g.errText = fmt.Sprintf("option '--%s' doesn't allow an argument", found.name)
 			return '?'
 		}
 		g.optarg, g.hasArg = value, true
@@ -204,6 +221,7 @@ func (g *getopt) longOption() int {
 			if g.colon {
 				return ':'
 			}
+			g.errText = fmt.Sprintf("option '--%s' requires an argument", found.name)
 			return '?'
 		}
 	}
