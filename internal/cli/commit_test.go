@@ -113,9 +113,11 @@ func TestInteropCommit(t *testing.T) {
 			"qemu-img create -q -f qcow2 base.img 4M",
 			"qemu-img create -q -f qcow2 -o cluster_size=512 -b base.img -F qcow2 top.qcow2",
 			qio("top.qcow2", "qcow2", "write -P 1 0 4M")), "top.qcow2"),
-		// The snapshot's date differs between the two images.
+		// Emptied by discarding every cluster; the snapshot's date differs
+		// between the two images.
 		diffCase{name: "snapshot in top", shell: sh(std, "qemu-img snapshot -c snap top.qcow2"), args: c("commit", "top.qcow2"),
-			compareOf: both, shapeOf: both, checkOf: both},
+			fixup: func(t *testing.T, dir string) { oracle.ZeroSnapshotDates(t, filepath.Join(dir, "top.qcow2")) },
+			files: c("top.qcow2"), compareOf: both, shapeOf: both, checkOf: both},
 		committed("empty top", sh("qemu-img create -q -f qcow2 base.img 1M", "qemu-img create -q -f qcow2 -b base.img -F qcow2 top.qcow2"), "top.qcow2"),
 		committed("zero size", sh("qemu-img create -q -f qcow2 base.img 0", "qemu-img create -q -f qcow2 -b base.img -F qcow2 top.qcow2"), "top.qcow2"),
 		diffCase{name: "bitmap in top", shell: sh(std, "qemu-img bitmap --add top.qcow2 b0"), args: c("commit", "top.qcow2"),
