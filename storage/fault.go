@@ -35,6 +35,17 @@ type Injector struct {
 	// tripped is set once a fault was injected.
 	tripped bool
 	seq     int64
+	// syncs makes Syncs count (and fail) as changes.
+	syncs bool
+}
+
+// CountSyncs makes every Sync count as a change too, so that FailAt can
+// stop a file just before a Sync (after the writes it would have made
+// durable).
+func (in *Injector) CountSyncs(on bool) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.syncs = on
 }
 
 // FailAt makes change n fail with err (ErrInjected when nil). With stop,
@@ -80,11 +91,17 @@ func (in *Injector) change() (int64, error) {
 // syncErr returns the error a Sync must fail with, if any.
 func (in *Injector) syncErr() error {
 	in.mu.Lock()
-	defer in.mu.Unlock()
-	if in.stop && in.tripped {
-		return in.err
+	counted := in.syncs
+	if !counted {
+		defer in.mu.Unlock()
+		if in.stop && in.tripped {
+			return in.err
+		}
+		return nil
 	}
-	return nil
+	in.mu.Unlock()
+	_, err := in.change()
+	return err
 }
 
 // opKind says what a recorded change did.
@@ -365,6 +382,10 @@ const (
 	// each sector of each write survives or not on its own (torn
 	// writes).
 	CrashTorn
+	// CrashAllBut keeps every change but one, the Skip-th since the last
+	// Sync (counting from 0, across files for a FaultFS): trying each in
+	// turn finds any write that must not reach the disk before another.
+	CrashAllBut
 )
 
 // CrashOptions choose what a simulated crash keeps.
@@ -372,6 +393,8 @@ type CrashOptions struct {
 	Mode CrashMode
 	// Keep is the number of changes CrashPrefix keeps.
 	Keep int
+	// Skip is the change CrashAllBut drops.
+	Skip int
 	// Rand draws the subsets of CrashRandom and CrashTorn.
 	Rand *rand.Rand
 }
@@ -411,11 +434,18 @@ func crashFilter(o CrashOptions, pending []faultOp, order []int64) (func(op *fau
 			return nil, errors.New("CrashTorn needs a random source")
 		}
 		return func(*faultOp) bool { return true }, nil
-	case CrashPrefix:
+	case CrashPrefix, CrashAllBut:
 		if order == nil {
 			for _, op := range pending {
 				order = append(order, op.seq)
 			}
+		}
+		if o.Mode == CrashAllBut {
+			if o.Skip < 0 || o.Skip >= len(order) {
+				return func(*faultOp) bool { return true }, nil
+			}
+			skip := order[o.Skip]
+			return func(op *faultOp) bool { return op.seq != skip }, nil
 		}
 		if o.Keep >= len(order) {
 			return func(*faultOp) bool { return true }, nil
@@ -528,6 +558,20 @@ func (fs *FaultFS) Remove(name string) error {
 	delete(fs.state, name)
 	fs.mu.Unlock()
 	return fs.Mem.Remove(name)
+}
+
+// Pending returns how many changes were made to all files since their
+// last Sync.
+func (fs *FaultFS) Pending() int {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	n := 0
+	for _, st := range fs.state {
+		st.mu.Lock()
+		n += len(st.pending)
+		st.mu.Unlock()
+	}
+	return n
 }
 
 // Crash returns a MemFS holding every file as a crash now could leave it.

@@ -117,6 +117,8 @@ func TestFaultCrash(t *testing.T) {
 		{CrashOptions{Mode: CrashPrefix, Keep: 2}, "12ncede!"},
 		{CrashOptions{Mode: CrashPrefix, Keep: 0}, "syncede!"},
 		{CrashOptions{Mode: CrashPrefix, Keep: 9}, "123c"},
+		{CrashOptions{Mode: CrashAllBut, Skip: 1}, "1y3c"},
+		{CrashOptions{Mode: CrashAllBut, Skip: 3}, "123cede!"},
 	} {
 		m, err := f.Crash(tc.o)
 		if err != nil {
@@ -212,6 +214,9 @@ func TestFaultFS(t *testing.T) {
 		keep int
 		a, b string
 	}{{0, "aaaa", "2"}, {1, "1aaa", "2"}, {2, "13aa", "2"}, {3, "13aa", "24"}} {
+		if fs.Pending() != 3 {
+			t.Fatalf("pending %d", fs.Pending())
+		}
 		c, err := fs.Crash(CrashOptions{Mode: CrashPrefix, Keep: tc.keep})
 		if err != nil {
 			t.Fatal(err)
@@ -285,5 +290,24 @@ func TestFaultPunchAndZeroRange(t *testing.T) {
 	}
 	if got, want := content(t, c), "\x00\x00cdef\x00\x00\x00\x00"; got != want || got != content(t, m) {
 		t.Errorf("crash %q, file %q, want %q", got, content(t, m), want)
+	}
+}
+
+func TestFaultCountSyncs(t *testing.T) {
+	_, f := faultMem(t)
+	f.Injector().CountSyncs(true)
+	f.Injector().FailAt(2, nil, true)
+	if _, err := f.WriteAt([]byte("x"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err == nil {
+		t.Fatal("the second operation, a sync, did not fail")
+	}
+	c, _ := f.Crash(CrashOptions{Mode: CrashSynced})
+	if got := content(t, c); got != "durable!" {
+		t.Errorf("the failed sync made %q durable", got)
+	}
+	if f.Pending() != 1 || f.Injector().Changes() != 2 {
+		t.Errorf("pending %d, changes %d", f.Pending(), f.Injector().Changes())
 	}
 }
