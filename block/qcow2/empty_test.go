@@ -200,3 +200,49 @@ func verifyEmptied(t *testing.T, env *block.Env, fs *storage.MemFS, name string,
 		}
 	}
 }
+
+// TestMakeEmptyThenWrite checks that an emptied image can be written at
+// once and reads back, and that qemu-img finds it clean.
+func TestMakeEmptyThenWrite(t *testing.T) {
+	for _, tc := range emptyCases {
+		t.Run(tc.name, func(t *testing.T) {
+			env, fs := testEnv(t)
+			if err := env.Create(block.CreateParams{Filename: "e.qcow2", Format: "qcow2", Size: tc.size, Options: tc.opts}); err != nil {
+				t.Fatal(err)
+			}
+			n, err := env.Open("e.qcow2", block.OpenOptions{Format: "qcow2", Write: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			img := n.Image.(*Image)
+			fillForEmpty(t, img, 9)
+			if err := img.MakeEmpty(); err != nil {
+				t.Fatal(err)
+			}
+			want := make([]byte, img.Size())
+			for k, off := range []int64{0, img.Size() / 3, img.Size() - 3*img.clusterSize} {
+				p := bytes.Repeat([]byte{byte(0x61 + k)}, int(2*img.clusterSize+100))
+				if _, err := n.WriteAt(p, off); err != nil {
+					t.Fatal(err)
+				}
+				copy(want[off:], p)
+			}
+			if err := n.Close(); err != nil {
+				t.Fatal(err)
+			}
+			n, err = env.Open("e.qcow2", block.OpenOptions{Format: "qcow2"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer n.Close()
+			got := make([]byte, len(want))
+			if _, err := n.ReadAt(got, 0); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Error("content written after MakeEmpty differs")
+			}
+			qemuCheckMem(t, fs.File("e.qcow2"))
+		})
+	}
+}
