@@ -571,10 +571,10 @@ func (s *nodeLocks) release() {
 // command that opened it (QEMU attaching the BlockBackend), top first.
 func (n *Node) lockChain(o OpenOptions) error {
 	perm, shared := rootPerms(o)
-	for x := n; x != nil; x = x.Backing {
+	for x, level := n, 0; x != nil; x, level = x.Backing, level+1 {
 		if x != n {
 			perm, shared = cowPerms(perm, shared)
-			if o.WriteBacking {
+			if o.WriteBacking && (o.WriteBackingLevel <= 0 || level == o.WriteBackingLevel) {
 				perm |= PermWrite | PermResize
 			}
 			if o.ForceShare {

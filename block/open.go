@@ -70,6 +70,11 @@ type OpenOptions struct {
 	Write bool
 	// WriteBacking opens the backing chain read-write too (for commit).
 	WriteBacking bool
+	// WriteBackingLevel, when WriteBacking is set and it is positive,
+	// opens read-write (and locks for writing) only the backing image
+	// that many levels below: the base of a commit, which QEMU alone
+	// reopens for writing. 1 is the image's own backing file.
+	WriteBackingLevel int
 	// Cache is the cache mode.
 	Cache CacheMode
 	// ForceShare opens even if another process holds a write lock (-U);
@@ -325,14 +330,16 @@ func (e *Env) openBacking(n *Node, b Backed, o OpenOptions, seen []storage.File)
 	if err != nil {
 		return fmt.Errorf("Could not open backing file: %w", err)
 	}
+	level := o.WriteBackingLevel
 	bo := OpenOptions{
-		Format:       format,
-		Write:        o.WriteBacking,
-		WriteBacking: o.WriteBacking,
-		Cache:        o.Cache,
-		ForceShare:   o.ForceShare,
-		Locking:      o.Locking,
-		NoIO:         o.NoIO,
+		Format:            format,
+		Write:             o.WriteBacking && level <= 1,
+		WriteBacking:      o.WriteBacking && level != 1,
+		WriteBackingLevel: max(level-1, 0),
+		Cache:             o.Cache,
+		ForceShare:        o.ForceShare,
+		Locking:           o.Locking,
+		NoIO:              o.NoIO,
 	}
 	back, err := e.open(full, bo, seen, false)
 	if err != nil {

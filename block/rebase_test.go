@@ -262,3 +262,38 @@ func TestAllocatedAbove(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteBackingLevel(t *testing.T) {
+	env := memEnv(t,
+		imageSpec{name: "l0", size: 64 * kib},
+		imageSpec{name: "l1", backing: "l0", size: 64 * kib},
+		imageSpec{name: "l2", backing: "l1", size: 64 * kib},
+		imageSpec{name: "l3", backing: "l2", size: 64 * kib},
+	)
+	for _, tc := range []struct {
+		writeBacking bool
+		level        int
+		want         []bool // writable, top first
+	}{
+		{false, 0, []bool{true, false, false, false}},
+		{true, 0, []bool{true, true, true, true}},
+		{true, 1, []bool{true, true, false, false}},
+		{true, 2, []bool{true, false, true, false}},
+		{true, 3, []bool{true, false, false, true}},
+	} {
+		n, err := env.Open("l3", block.OpenOptions{Format: "qcow2", Write: true, WriteBacking: tc.writeBacking, WriteBackingLevel: tc.level})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, x := range n.Chain() {
+			if x.Writable() != tc.want[k] {
+				t.Errorf("WriteBacking %v, level %d: %s writable %v", tc.writeBacking, tc.level, x.Filename, x.Writable())
+			}
+			_, err := x.WriteAt([]byte{1}, 0)
+			if (err == nil) != tc.want[k] {
+				t.Errorf("WriteBacking %v, level %d: write to %s: %v", tc.writeBacking, tc.level, x.Filename, err)
+			}
+		}
+		n.Close()
+	}
+}

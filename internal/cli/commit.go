@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/qimg/qimg/block"
 	"github.com/qimg/qimg/copyengine"
@@ -77,20 +79,25 @@ func cmdCommit(a *App, args []string) int {
 	if !ok {
 		return 1
 	}
-	n, ok := a.openImage(filename, openSpec{imageOpts: imageOpts, format: format, cache: mode, write: true, writeBacking: true})
+	spec := openSpec{imageOpts: imageOpts, format: format, cache: mode, write: true}
+	n, ok := a.openImage(filename, spec)
 	if !ok {
 		return 1
 	}
 	prog := a.newProgress(progress, 1.0)
 	defer prog.close()
 	prog.print(0, 100)
-	err := a.commit(n, filename, base, hasBase, drop, rate, prog)
+	n, err := a.commit(n, filename, spec, base, hasBase, drop, rate, prog)
 	prog.end()
-	if cerr := n.Close(); err == nil && cerr != nil {
-		err = cerr
+	if n != nil {
+		if cerr := n.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
 	}
 	if err != nil {
-		a.reportErr("", err)
+		if !errors.Is(err, errReported) {
+			a.reportErr("", err)
+		}
 		return 1
 	}
 	if !quiet {
@@ -99,22 +106,68 @@ func cmdCommit(a *App, args []string) int {
 	return 0
 }
 
-// commit runs the commit job on an opened image and empties the image
-// unless drop.
-func (a *App) commit(n *block.Node, filename, base string, hasBase, drop bool, rate int64, prog *progress) error {
+// reopenForCommit opens the image again with its base (the backing image
+// level levels below) read-write, as QEMU reopens the base of a commit job;
+// the other images of the chain stay read-only. Warnings the first open
+// printed are not repeated. A failure is reported as QEMU reports a failed
+// reopen: the error of the image that failed, without the chain of
+// "Could not open backing file" around it.
+func (a *App) reopenForCommit(filename string, spec openSpec, level int) (*block.Node, error) {
+	env := *a.env()
+	env.Stderr = nil
+	spec.writeBacking, spec.writeBackingLevel = true, level
+	if spec.imageOpts {
+		var msgs bytes.Buffer
+		quiet := *a
+		quiet.Stderr, quiet.Env = &msgs, &env
+		n, ok := quiet.openImage(filename, spec)
+		if !ok {
+			a.Stderr.Write(msgs.Bytes())
+			return nil, errReported
+		}
+		return n, nil
+	}
+	n, err := env.Open(filename, block.OpenOptions{Format: spec.format, Write: true, Cache: spec.cache,
+		WriteBacking: true, WriteBackingLevel: level})
+	for err != nil && strings.HasPrefix(err.Error(), "Could not open backing file: ") && errors.Unwrap(err) != nil {
+		err = errors.Unwrap(err)
+	}
+	return n, err
+}
+
+// commit finds the base in the chain of the opened image, reopens the
+// image with the base writable, runs the commit job and empties the image
+// unless drop. It returns the image as it is open at the end.
+func (a *App) commit(n *block.Node, filename string, spec openSpec, base string, hasBase, drop bool, rate int64, prog *progress) (*block.Node, error) {
 	var target *block.Node
 	if hasBase {
 		target = n.FindBackingImage(base)
 		if target == nil {
-			return fmt.Errorf("Did not find '%s' in the backing chain of '%s'", base, filename)
+			return n, fmt.Errorf("Did not find '%s' in the backing chain of '%s'", base, filename)
 		}
 	} else {
 		target = n.Backing
 		if target == nil {
-			return errors.New("Image does not have a backing file")
+			return n, errors.New("Image does not have a backing file")
 		}
 	}
-	err := copyengine.Commit(context.Background(), n, target, copyengine.CommitOptions{
+	level := 0
+	for x := n; x != target; x = x.Backing {
+		level++
+	}
+	n.Close()
+	n, err := a.reopenForCommit(filename, spec, level)
+	if err != nil {
+		return nil, err
+	}
+	target = n
+	for k := 0; k < level && target != nil; k++ {
+		target = target.Backing
+	}
+	if target == nil {
+		return n, errors.New("the backing chain changed while the image was reopened")
+	}
+	err = copyengine.Commit(context.Background(), n, target, copyengine.CommitOptions{
 		RateLimit: rate,
 		Progress: func(done, total int64) {
 			if total > 0 {
@@ -127,21 +180,18 @@ func (a *App) commit(n *block.Node, filename, base string, hasBase, drop bool, r
 		if errors.As(err, &ce) {
 			err = ce.Err
 		}
-		return fmt.Errorf("Block job failed: %s", storage.Strerror(err))
+		return n, fmt.Errorf("Block job failed: %s", storage.Strerror(err))
 	}
 	prog.print(100, 0)
 	if drop {
-		return nil
+		return n, nil
 	}
 	e, ok := n.Image.(block.Emptier)
 	if !ok {
-		return nil // qemu-img ignores ENOTSUP
+		return n, nil // qemu-img ignores ENOTSUP
 	}
-	if err := e.MakeEmpty(); err != nil {
-		if errors.Is(err, block.ErrUnsupported) {
-			return nil
-		}
-		return fmt.Errorf("Failed to empty %s: %s", n.Filename, storage.Strerror(err))
+	if err := e.MakeEmpty(); err != nil && !errors.Is(err, block.ErrUnsupported) {
+		return n, fmt.Errorf("Failed to empty %s: %s", n.Filename, storage.Strerror(err))
 	}
-	return nil
+	return n, nil
 }

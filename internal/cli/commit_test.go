@@ -1,7 +1,10 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -185,4 +188,91 @@ func TestCommitProgress(t *testing.T) {
 		t.Errorf("commit -p -q: %s", r)
 	}
 	oracle.Check(t, filepath.Join(dir, "top.qcow2"), "qcow2")
+}
+
+// TestCommitReadOnlyBacking checks that commit opens only its base for
+// writing, as qemu-img does: a read-only golden image below the base does
+// not stop it, while committing into the golden image fails as qemu-img's
+// reopen fails. As root, the commands run as nobody (with setpriv).
+func TestCommitReadOnlyBacking(t *testing.T) {
+	oracle.QemuImgPath(t)
+	oracle.QemuIOPath(t)
+	var prefix []string
+	if os.Getuid() == 0 {
+		p, err := exec.LookPath("setpriv")
+		if err != nil {
+			t.Skip("running as root without setpriv")
+		}
+		prefix = []string{p, "--reuid=65534", "--regid=65534", "--clear-groups"}
+	}
+	setup := sh(
+		"qemu-img create -q -f qcow2 golden.qcow2 1M", qio("golden.qcow2", "qcow2", "write -P 1 0 1M"),
+		"qemu-img create -q -f qcow2 -b golden.qcow2 -F qcow2 vm1.qcow2",
+		"qemu-img create -q -f qcow2 -b vm1.qcow2 -F qcow2 snap.qcow2", qio("snap.qcow2", "qcow2", "write -P 2 0 64k"),
+	)
+	bin, err := os.ReadFile(oracle.Qimg(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"commit", "snap.qcow2"}, {"commit", "-b", "golden.qcow2", "snap.qcow2"}} {
+		var res [2]oracle.Result
+		for k, tool := range []string{"qemu-img", "qimg"} {
+			dir := t.TempDir()
+			if out, err := shellIn(dir, setup); err != nil {
+				t.Fatalf("setup: %v\n%s", err, out)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "qemu-img"), bin, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(filepath.Join(dir, "golden.qcow2"), 0o444); err != nil {
+				t.Fatal(err)
+			}
+			if prefix != nil {
+				for _, d := range []string{dir, filepath.Dir(dir)} {
+					if err := os.Chmod(d, 0o755); err != nil {
+						t.Fatal(err)
+					}
+				}
+				for _, f := range []string{".", "vm1.qcow2", "snap.qcow2"} {
+					if err := os.Chown(filepath.Join(dir, f), 65534, 65534); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			exe := tool
+			if tool == "qimg" {
+				exe = filepath.Join(dir, "qemu-img")
+			}
+			res[k] = runAs(t, dir, prefix, exe, args...)
+			if res[k].Code == 0 {
+				oracle.ReadPattern(t, filepath.Join(dir, "snap.qcow2"), "qcow2", 2, 0, 64<<10)
+				oracle.ReadPattern(t, filepath.Join(dir, "vm1.qcow2"), "qcow2", 2, 0, 64<<10)
+				oracle.Check(t, filepath.Join(dir, "vm1.qcow2"), "qcow2")
+			}
+		}
+		if res[0].Code != res[1].Code || res[0].Stdout != res[1].Stdout || res[0].Stderr != res[1].Stderr {
+			t.Errorf("%v: qimg: %s\nqemu-img: %s", args, res[1], res[0])
+		}
+	}
+}
+
+// runAs runs a program in dir, behind prefix (a command that changes the
+// user) when it is not empty.
+func runAs(t *testing.T, dir string, prefix []string, exe string, args ...string) oracle.Result {
+	t.Helper()
+	argv := append(append(append([]string(nil), prefix...), exe), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = dir
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	r := oracle.Result{}
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			t.Fatalf("%v: %v", argv, err)
+		}
+		r.Code = ee.ExitCode()
+	}
+	r.Stdout, r.Stderr = out.String(), errb.String()
+	return r
 }

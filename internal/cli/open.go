@@ -20,8 +20,10 @@ type openSpec struct {
 	noIO bool
 	// noShare shares only reads with other users (convert's sources).
 	noShare bool
-	// writeBacking opens the chain read-write (commit).
-	writeBacking bool
+	// writeBacking opens the chain read-write (commit); with
+	// writeBackingLevel, only the backing image that many levels below.
+	writeBacking      bool
+	writeBackingLevel int
 	// forCheck opens the image for check or repair (check).
 	forCheck bool
 	// resize takes the permission to change the size (resize).
@@ -33,16 +35,17 @@ type openSpec struct {
 func (a *App) openImage(filename string, s openSpec) (*block.Node, bool) {
 	name := filename
 	o := block.OpenOptions{
-		Format:       s.format,
-		Write:        s.write,
-		WriteBacking: s.writeBacking,
-		Cache:        s.cache,
-		ForceShare:   s.forceShare,
-		NoBacking:    s.noBacking,
-		NoIO:         s.noIO,
-		NoShare:      s.noShare,
-		ForCheck:     s.forCheck,
-		Resize:       s.resize,
+		Format:            s.format,
+		Write:             s.write,
+		WriteBacking:      s.writeBacking,
+		WriteBackingLevel: s.writeBackingLevel,
+		Cache:             s.cache,
+		ForceShare:        s.forceShare,
+		NoBacking:         s.noBacking,
+		NoIO:              s.noIO,
+		NoShare:           s.noShare,
+		ForCheck:          s.forCheck,
+		Resize:            s.resize,
 	}
 	var iopts *imageOpts
 	if s.imageOpts {
