@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/qimg/qimg/block"
 	"github.com/qimg/qimg/internal/drivers"
@@ -43,6 +44,53 @@ type App struct {
 	// objects holds the ids of --object objects other than secrets
 	// (secrets live in Env.Secrets).
 	objects map[string]bool
+
+	// abortMu guards abortHooks: cleanups a command registers for a run
+	// that a resource limit ends before the command can clean up itself.
+	abortMu    sync.Mutex
+	abortHooks map[int]func()
+	abortNext  int
+}
+
+// withStreams returns an App for the same run that writes to other
+// streams (to capture or silence what a step prints). It shares the
+// environment and the --object state, not the abort hooks.
+func (a *App) withStreams(stdout, stderr io.Writer) *App {
+	return &App{
+		Prog: a.Prog, Stdin: a.Stdin, Stdout: stdout, Stderr: stderr,
+		Env: a.Env, Getenv: a.Getenv, IsTerminal: a.IsTerminal, Exit: a.Exit,
+		objects: a.objects,
+	}
+}
+
+// onAbort registers fn to run if a resource limit ends the process (for
+// example, to remove an incomplete convert target). The returned function
+// unregisters it.
+func (a *App) onAbort(fn func()) func() {
+	a.abortMu.Lock()
+	defer a.abortMu.Unlock()
+	if a.abortHooks == nil {
+		a.abortHooks = map[int]func(){}
+	}
+	id := a.abortNext
+	a.abortNext++
+	a.abortHooks[id] = fn
+	return func() {
+		a.abortMu.Lock()
+		defer a.abortMu.Unlock()
+		delete(a.abortHooks, id)
+	}
+}
+
+// runAbortHooks runs and forgets every registered abort cleanup.
+func (a *App) runAbortHooks() {
+	a.abortMu.Lock()
+	hooks := a.abortHooks
+	a.abortHooks = nil
+	a.abortMu.Unlock()
+	for _, fn := range hooks {
+		fn()
+	}
 }
 
 // command is one qemu-img command.

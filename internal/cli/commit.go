@@ -118,8 +118,8 @@ func (a *App) reopenForCommit(filename string, spec openSpec, level int) (*block
 	spec.writeBacking, spec.writeBackingLevel = true, level
 	if spec.imageOpts {
 		var msgs bytes.Buffer
-		quiet := *a
-		quiet.Stderr, quiet.Env = &msgs, &env
+		quiet := a.withStreams(a.Stdout, &msgs)
+		quiet.Env = &env
 		n, ok := quiet.openImage(filename, spec)
 		if !ok {
 			a.Stderr.Write(msgs.Bytes())

@@ -461,6 +461,9 @@ func (r *convertRun) run(ctx context.Context, srcCache block.CacheMode) int {
 			return 1
 		}
 		r.created, r.existed = true, existed
+		// A resource limit may end the process mid-copy; the target
+		// must not then pass for a complete copy.
+		defer a.onAbort(func() { r.cleanup(false) })()
 	}
 	format := p.outFmt
 	if p.tgtImageOpts {

@@ -225,9 +225,12 @@ func (a *App) watchdog(l limits, done <-chan struct{}) {
 	}
 }
 
-// limitExceeded reports an exceeded limit and ends the run.
+// limitExceeded reports an exceeded limit, runs the cleanups commands
+// registered for that case (an incomplete convert target is removed) and
+// ends the run.
 func (a *App) limitExceeded(msg string) {
 	a.errorf("%s", msg)
+	a.runAbortHooks()
 	if a.Exit != nil {
 		a.Exit(1)
 		return

@@ -1,6 +1,9 @@
 package hostiletest
 
 import (
+	"errors"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -37,6 +40,11 @@ func TestLimitsEndRuns(t *testing.T) {
 		// check reports what it finds until the limit stops it.
 		if !strings.HasSuffix(r.stderr, tc.stderr) {
 			t.Errorf("stderr ends %q, want %q", r.stderr[max(len(r.stderr)-200, 0):], tc.stderr)
+		}
+		// A convert the limit ended leaves no target that could pass
+		// for a complete copy.
+		if _, err := os.Stat(out); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%v: incomplete target %s left behind (stat: %v)", tc.args, out, err)
 		}
 	}
 }
