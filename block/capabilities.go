@@ -1,7 +1,41 @@
 package block
 
+import "github.com/qimg/qimg/storage"
+
 // This file declares the optional capabilities that only some formats have.
-// Callers find them by type assertion on an Image (or a Node's Image).
+// Callers find them with As, which looks through a *Node to its format
+// image. The package documentation lists every capability, including those
+// declared beside the code that uses them (StatusBounder in chain.go,
+// Measurer and BitmapSizer in measure.go, FileUser in lock.go).
+
+// As returns img's capability T: img itself if it implements T, else, for
+// a *Node, the format image inside it.
+func As[T any](img Image) (T, bool) {
+	if c, ok := img.(T); ok {
+		return c, true
+	}
+	if n, ok := img.(*Node); ok {
+		if c, ok := n.Image.(T); ok {
+			return c, true
+		}
+	}
+	var zero T
+	return zero, false
+}
+
+// ZeroIniter is an image that says whether, newly created, it reads as
+// zeroes everywhere (QEMU's bdrv_has_zero_init). A copy into an image that
+// does may skip zero runs. Images without the method are assumed to, unless
+// they are raw images on devices or have a backing file.
+type ZeroIniter interface {
+	HasZeroInit() bool
+}
+
+// DataFiler is an image whose Extent.HostOffset values refer to a file other
+// than its container (an external data file), for copy offloading.
+type DataFiler interface {
+	DataFile() storage.File
+}
 
 // Compressor is an image that can store compressed clusters.
 type Compressor interface {

@@ -29,6 +29,15 @@
 //   - Amender: changing creation options in place
 //   - Compressor: writing compressed clusters
 //   - AllocatedSizer: the storage the image occupies, when it spans files
+//   - BackingChanger: rewriting the backing file name (rebase -u)
+//   - Emptier: dropping all data at once (commit)
+//   - StatusBounder: where a status run must end, to match QEMU's requests
+//   - Measurer, BitmapSizer: space an image would need (qemu-img measure)
+//   - ZeroIniter: whether a new image reads as zeroes
+//   - DataFiler: the file host offsets refer to (copy offloading)
+//   - FileUser: how a format uses its container, for locking
+//
+// As finds a capability on an Image or through a *Node.
 package block
 
 import (

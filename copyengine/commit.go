@@ -46,7 +46,7 @@ type CommitOptions struct {
 func Commit(ctx context.Context, top, base *block.Node, o CommitOptions) error {
 	size := top.Size()
 	if base.Size() < size {
-		r, ok := capability[block.Resizer](base)
+		r, ok := block.As[block.Resizer](base)
 		if !ok {
 			return fmt.Errorf("cannot grow the base image: %w", block.ErrUnsupported)
 		}

@@ -201,7 +201,7 @@ func newCopier(dst block.Image, srcs []Source, o Options) (*copier, error) {
 	}
 	c.compress = o.Compress
 	if c.compress {
-		comp, ok := capability[block.Compressor](dst)
+		comp, ok := block.As[block.Compressor](dst)
 		if !ok {
 			return nil, fmt.Errorf("target cannot write compressed clusters: %w", block.ErrUnsupported)
 		}

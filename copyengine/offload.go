@@ -14,7 +14,7 @@ var errNoOffload = errors.New("copy offloading not possible")
 // dataFile returns the file an image's host offsets refer to, or nil when
 // the image does not say. A raw image's data file is its container.
 func dataFile(img block.Image) storage.File {
-	if d, ok := capability[interface{ DataFile() storage.File }](img); ok {
+	if d, ok := block.As[block.DataFiler](img); ok {
 		return d.DataFile()
 	}
 	if isRaw(img) {

@@ -28,15 +28,12 @@
 //
 // # Optional interfaces
 //
-// Besides the capabilities in package block, the engine looks for these
-// methods on the target and on the images of the sources' chains (a
-// *block.Node is looked through to its Image):
-//
-//   - HasZeroInit() bool: whether a newly created image reads as zeroes
-//     before anything is written (see HasZeroInit); images without the
-//     method are assumed to.
-//   - DataFile() storage.File: the file that an Extent's HostOffset refers
-//     to, for copy offloading. A raw image's data file is its container.
+// The engine looks for block capabilities on the target and on the images
+// of the sources' chains with block.As (a *block.Node is looked through to
+// its Image), among them block.ZeroIniter (whether a newly created image
+// reads as zeroes; see HasZeroInit) and block.DataFiler (the file that an
+// Extent's HostOffset refers to, for copy offloading; a raw image's data
+// file is its container).
 package copyengine
 
 import (
@@ -212,11 +209,11 @@ func (e *Error) Unwrap() error { return e.Err }
 
 // HasZeroInit reports whether an image that has just been created reads as
 // zeroes everywhere, so that a copy into it can skip zeroes (QEMU's
-// bdrv_has_zero_init). An image says so with a HasZeroInit() bool method;
-// without one, a format image is assumed to, and a raw image on a block
+// bdrv_has_zero_init). An image says so with block.ZeroIniter; without
+// it, a format image is assumed to, and a raw image on a block
 // device is not.
 func HasZeroInit(img block.Image) bool {
-	if z, ok := capability[interface{ HasZeroInit() bool }](img); ok {
+	if z, ok := block.As[block.ZeroIniter](img); ok {
 		return z.HasZeroInit()
 	}
 	if n, ok := img.(*block.Node); ok {
@@ -230,24 +227,9 @@ func HasZeroInit(img block.Image) bool {
 	return true
 }
 
-// capability finds an optional interface on an image, looking through a
-// *block.Node to the format image inside.
-func capability[T any](img block.Image) (T, bool) {
-	if c, ok := img.(T); ok {
-		return c, true
-	}
-	if n, ok := img.(*block.Node); ok {
-		if c, ok := n.Image.(T); ok {
-			return c, true
-		}
-	}
-	var zero T
-	return zero, false
-}
-
 // imageInfo returns what an image says about itself, if anything.
 func imageInfo(img block.Image) (block.Info, bool) {
-	if i, ok := capability[block.Infoer](img); ok {
+	if i, ok := block.As[block.Infoer](img); ok {
 		if info, err := i.Info(); err == nil {
 			return info, true
 		}
