@@ -193,8 +193,9 @@ func (c *checker) inc(res *block.CheckResult, offset, size int64) error {
 		return err
 	}
 	// The last cluster may be partly past the end of the file, not more.
+	// An offset of 2^63 or more is negative here: past any file.
 	end := offset + size
-	if end < offset || end-fileLen >= i.clusterSize {
+	if offset < 0 || end < offset || end-fileLen >= i.clusterSize {
 		c.reportf("ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x%x size 0x%x", offset, size)
 		res.Corruptions++
 		return nil
@@ -543,7 +544,7 @@ func (c *checker) checkRefcountBlocks(res *block.CheckResult, fix fixFlags, rebu
 			*rebuild = true
 			continue
 		}
-		if cluster >= c.imrt.size {
+		if cluster < 0 || cluster >= c.imrt.size {
 			res.Corruptions++
 			c.reportf("%s refcount block %d is outside image", repairingOr(fix&fixErrors != 0), k)
 			if fix&fixErrors == 0 {
@@ -582,7 +583,9 @@ func (c *checker) growFileFor(res *block.CheckResult, off int64) (bool, error) {
 		c.reportf("ERROR could not resize image: %s", storage.Strerror(toErrno(err)))
 		return false, nil
 	}
-	if off > 1<<63-1-i.clusterSize {
+	if off < 0 || off > 1<<63-1-i.clusterSize {
+		// The new length does not fit in an int64 (QEMU's truncate
+		// fails the same way, printing only this).
 		return resizeFailed(syscall.EINVAL)
 	}
 	c.forgetLength()

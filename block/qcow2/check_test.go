@@ -197,6 +197,16 @@ func TestCheckDamage(t *testing.T) {
 				"Rebuilding refcount structure", "Repairing cluster 1 refcount=1 reference=0",
 				"Repairing cluster 2 refcount=1 reference=0", "Repairing cluster 65536 refcount=1 reference=0"},
 			clean: true},
+		// An offset of 2^63 or more is past any file, not a negative
+		// cluster index.
+		{name: "refcount block at 2^63", patch: func(d *damage) { d.put64(d.reftableOff+24, 1<<63) },
+			want:  block.CheckResult{Corruptions: 1, ImageEndOffset: 589824},
+			lines: []string{"ERROR refcount block 3 is outside image"}},
+		{name: "refcount block at 2^63 repaired", patch: func(d *damage) { d.put64(d.reftableOff+24, 1<<63) }, fix: block.FixAll,
+			want:  block.CheckResult{CorruptionsFixed: 1, ImageEndOffset: 720896},
+			lines: []string{"Repairing refcount block 3 is outside image", "ERROR could not resize image: Invalid argument",
+				"Rebuilding refcount structure", "Repairing cluster 1 refcount=1 reference=0", "Repairing cluster 2 refcount=1 reference=0"},
+			clean: true},
 		{name: "refcount table reserved bits", patch: func(d *damage) { d.put64(d.reftableOff, d.u64(d.reftableOff)|1) }, fix: block.FixAll,
 			err: syscall.EIO},
 		{name: "no refcount table", patch: func(d *damage) { d.f.WriteAt(make([]byte, 4), 56) }, fix: block.FixAll,
