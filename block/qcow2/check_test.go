@@ -203,7 +203,7 @@ func TestCheckDamage(t *testing.T) {
 			want:  block.CheckResult{Corruptions: 1, ImageEndOffset: 589824},
 			lines: []string{"ERROR refcount block 3 is outside image"}},
 		{name: "refcount block at 2^63 repaired", patch: func(d *damage) { d.put64(d.reftableOff+24, 1<<63) }, fix: block.FixAll,
-			want:  block.CheckResult{CorruptionsFixed: 1, ImageEndOffset: 720896},
+			want: block.CheckResult{CorruptionsFixed: 1, ImageEndOffset: 720896},
 			lines: []string{"Repairing refcount block 3 is outside image", "ERROR could not resize image: Invalid argument",
 				"Rebuilding refcount structure", "Repairing cluster 1 refcount=1 reference=0", "Repairing cluster 2 refcount=1 reference=0"},
 			clean: true},
