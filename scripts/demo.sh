@@ -1,7 +1,7 @@
 #!/bin/sh
 # Runs qimg's main job on a small built-in example: create a disk, write a
 # recognisable pattern into it, convert it to a compressed qcow2 image, show
-# what info says about it, and convert it back to prove the round trip is
+# what info says about it, check it, and convert it back to prove the round trip is
 # exact.
 set -eu
 QIMG=${1:-bin/qimg}
@@ -20,6 +20,7 @@ printf 'qimg demo: 32 MiB in' | dd of="$dir/disk.raw" bs=1M seek=32 conv=notrunc
 
 run convert -c -f raw -O qcow2 "$dir/disk.raw" "$dir/disk.qcow2"
 run info "$dir/disk.qcow2"
+run check "$dir/disk.qcow2"
 run convert -f qcow2 -O raw "$dir/disk.qcow2" "$dir/roundtrip.raw"
 if cmp -s "$dir/disk.raw" "$dir/roundtrip.raw"; then
 	echo "round trip raw -> qcow2 (compressed) -> raw: identical"
