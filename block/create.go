@@ -186,9 +186,9 @@ func (e *Env) createFile(drv Creator, name string, size int64, opts *Options) er
 		},
 		// A file the user names at creation (a data file) is created
 		// where the name points from the working directory, as QEMU's
-		// bdrv_create_file does, even though the image records the
-		// name as given and later resolves it against its own
-		// directory.
+		// bdrv_create_file does; the image records the name as given,
+		// and opening it later finds it from the working directory
+		// too (Env.ResolveDataFile).
 		CreateRelated: func(related string) (storage.File, error) {
 			return e.createLocked(related)
 		},

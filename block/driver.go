@@ -72,6 +72,10 @@ type DriverOptions struct {
 	// extent), resolved against the image's directory and checked against
 	// the Env's policy.
 	OpenRelated func(name string, write bool) (storage.File, error)
+	// OpenDataFile opens the external data file the image names: as
+	// OpenRelated, except that a relative name is found from the working
+	// directory first, as QEMU 7.2 finds it (see Env.ResolveDataFile).
+	OpenDataFile func(name string, write bool) (storage.File, error)
 	// Warn reports a warning to the user.
 	Warn func(msg string)
 }

@@ -282,8 +282,33 @@ func (e *Env) driverOptions(drv Driver, name string, o OpenOptions, probed bool,
 		OpenRelated: func(related string, write bool) (storage.File, error) {
 			return e.openRelated(name, related, "file", write, o.Cache, locks)
 		},
+		OpenDataFile: func(related string, write bool) (storage.File, error) {
+			full, err := e.ResolveDataFile(name, related)
+			if err != nil {
+				return nil, err
+			}
+			return e.openResolved(full, write, o.Cache, locks)
+		},
 		Warn: e.Warn,
 	}, nil
+}
+
+// ResolveDataFile decides, through the Env's policy, which file to open
+// for the external data file that the image called image names. QEMU 7.2
+// opens a relative data file name from the working directory, not from the
+// image's directory as it does backing files; in the default mode qimg does
+// the same when that file exists, and otherwise looks beside the image, so
+// that an image works from every directory where QEMU's works and from
+// more. When neither exists, the working directory's name is returned, the
+// one QEMU's error quotes. Untrusted mode only looks beside the image.
+func (e *Env) ResolveDataFile(image, named string) (string, error) {
+	if e.Policy.Untrusted || IsAbsolute(named) {
+		return e.Policy.Check(image, named, "file")
+	}
+	if e.files().Exists(named) || !e.files().Exists(CombinePath(image, named)) {
+		return named, nil
+	}
+	return CombinePath(image, named), nil
 }
 
 // OpenRelated opens a file that the image called image names (a data file,
@@ -301,6 +326,11 @@ func (e *Env) openRelated(image, named, what string, write bool, cache CacheMode
 	if err != nil {
 		return nil, err
 	}
+	return e.openResolved(full, write, cache, locks)
+}
+
+// openResolved opens the file at full as openRelated does.
+func (e *Env) openResolved(full string, write bool, cache CacheMode, locks *nodeLocks) (storage.File, error) {
 	f, err := e.files().Open(full, storage.OpenOptions{Write: write, Direct: cache.Direct(), NoSync: cache.IgnoreFlush()})
 	if err != nil {
 		return nil, err

@@ -694,10 +694,14 @@ func (i *Image) openDataFile(o *block.DriverOptions) error {
 	if name == "" {
 		return errors.New("'data-file' is required for this image")
 	}
-	if o.OpenRelated == nil {
+	open := o.OpenDataFile
+	if open == nil {
+		open = o.OpenRelated
+	}
+	if open == nil {
 		return fmt.Errorf("Could not open '%s': %w", name, block.ErrNotAllowed)
 	}
-	df, err := o.OpenRelated(name, o.Write)
+	df, err := open(name, o.Write)
 	if err != nil {
 		if !o.NoIO {
 			return err

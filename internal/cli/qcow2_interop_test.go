@@ -1,9 +1,14 @@
 package cli
 
 import (
+	"bytes"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/qimg/qimg/internal/oracle"
 )
 
 // qcow2CreateOptions are option lists whose images have no timestamp or
@@ -135,4 +140,58 @@ func TestInteropQcow2Info(t *testing.T) {
 		diffCase{name: "info unknown feature", shell: "qemu-img create -q -f qcow2 img 1M && printf '\\040' | dd of=img bs=1 seek=79 conv=notrunc 2>/dev/null", args: c("info", "img")},
 	)
 	runDiffCases(t, cases)
+}
+
+// TestInteropQcow2DataFileNames: a relative data file name is found from
+// the working directory, as qemu-img 7.2 finds it, whichever tool created
+// the image; where qemu-img gives up, the error is the same.
+func TestInteropQcow2DataFileNames(t *testing.T) {
+	c := func(args ...string) []string { return args }
+	made := "mkdir sub && qemu-img create -q -f qcow2 -o data_file=sub/d.raw sub/x.qcow2 1M && " +
+		"qemu-io -f qcow2 -c 'write -P 7 0 64k' sub/x.qcow2 >/dev/null"
+	runDiffCases(t, []diffCase{
+		{name: "read a data file named from the working directory", shell: made,
+			args: c("convert", "-O", "raw", "sub/x.qcow2", "out.raw"), files: c("out.raw")},
+		{name: "write a data file named from the working directory", shell: made + " && printf 'abc' > in.raw",
+			args: c("convert", "-n", "-f", "raw", "-O", "qcow2", "in.raw", "sub/x.qcow2"), files: c("sub/d.raw", "sub/x.qcow2")},
+		{name: "check with a data file named from the working directory", shell: made,
+			args: c("check", "sub/x.qcow2")},
+		{name: "missing data file", shell: made + " && rm sub/d.raw",
+			args: c("convert", "-O", "raw", "sub/x.qcow2", "out.raw"), files: c("out.raw")},
+		{name: "missing data file info", shell: made + " && rm sub/d.raw", args: c("info", "sub/x.qcow2")},
+		{name: "create a data file in a directory", shell: "mkdir sub",
+			args: c("create", "-f", "qcow2", "-o", "data_file=sub/dd.raw", "sub/img", "1M"), files: c("sub/img", "sub/dd.raw")},
+	})
+}
+
+// TestQcow2DataFileBesideImage: qimg also finds a data file named
+// relative to the image's directory when the working directory has no such
+// file (qemu-img 7.2 then fails), and an image qimg created with a data
+// file in another directory reads back from there.
+func TestQcow2DataFileBesideImage(t *testing.T) {
+	oracle.QemuImgPath(t)
+	dir := t.TempDir()
+	if out, err := shellIn(dir, "mkdir sub && cd sub && qemu-img create -q -f qcow2 -o data_file=d.raw x.qcow2 1M && "+
+		"qemu-io -f qcow2 -c 'write -P 7 0 64k' x.qcow2 >/dev/null"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if r := oracle.QemuImgIn(t, dir, "convert", "-O", "raw", "sub/x.qcow2", "theirs.raw"); r.Code == 0 {
+		t.Fatalf("qemu-img found the data file beside the image; this test assumes it does not: %s", r)
+	}
+	if r := oracle.RunQimg(t, dir, "convert", "-O", "raw", "sub/x.qcow2", "ours.raw"); r.Code != 0 {
+		t.Fatalf("qimg convert: %s", r)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "ours.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 1<<20)
+	copy(want, bytes.Repeat([]byte{7}, 64<<10))
+	if !bytes.Equal(got, want) {
+		t.Fatal("the data read through the data file beside the image differs from what qemu-io wrote")
+	}
+	// From the image's own directory both tools agree.
+	if r := oracle.QemuImgIn(t, filepath.Join(dir, "sub"), "compare", "x.qcow2", "../ours.raw"); r.Code != 0 {
+		t.Fatalf("qemu-img compare: %s", r)
+	}
 }
