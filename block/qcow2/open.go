@@ -138,6 +138,11 @@ type Image struct {
 	name string
 	// hasDataFile is set with an external data file.
 	hasDataFile   bool
+	// mdPrealloc says whether the image looked preallocated with
+	// metadata when BlockStatus was first called (mdPreallocChecked):
+	// its data clusters are then looked up in the data file, whose holes
+	// read as zeroes.
+	mdPrealloc, mdPreallocChecked bool
 	dataFileOwned bool
 	write         bool
 	warn          func(string)

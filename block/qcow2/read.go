@@ -148,6 +148,10 @@ func (i *Image) BlockStatus(off, n int64) (block.Extent, error) {
 		return block.Extent{}, i.broken
 	}
 	n = min(n, i.size-off)
+	if !i.mdPreallocChecked {
+		i.mdPrealloc = i.detectMetadataPrealloc()
+		i.mdPreallocChecked = true
+	}
 	m, err := i.getHostOffset(off, n)
 	if err != nil {
 		return block.Extent{}, err
@@ -182,6 +186,91 @@ func (i *Image) BlockStatus(off, n int64) (block.Extent, error) {
 	if (m.typ == subNormal || m.typ == subZeroAlloc) && !encrypted {
 		ext.Status |= block.OffsetValid
 		ext.HostOffset = int64(m.host)
+		if m.typ == subNormal && i.mdPrealloc {
+			i.fileStatus(&ext)
+		}
 	}
 	return ext, nil
+}
+
+// fileStatus refines the status of a run of data clusters by the data
+// file's holes, as QEMU's block layer does for an image that looks
+// preallocated with metadata: a run that starts in a hole is cut to the
+// hole and reads as zeroes (all of it, when the hole reaches the end of the
+// file or the run starts past it); one that starts in data is cut to the
+// data. Errors only leave the run as it was.
+func (i *Image) fileStatus(ext *block.Extent) {
+	size, err := i.data.Size()
+	if err != nil {
+		return
+	}
+	host := ext.HostOffset
+	start, end, err := storage.NextData(i.data, host, size)
+	switch {
+	case err != nil:
+	case start >= size:
+		// A hole to the end of the file, or past it.
+		ext.Status |= block.Zero
+	case start > host:
+		ext.Status |= block.Zero
+		ext.Length = min(ext.Length, start-host)
+	default:
+		ext.Length = min(ext.Length, end-host)
+	}
+}
+
+// detectMetadataPrealloc reports whether the image looks preallocated with
+// metadata, by QEMU's rule: more clusters have a refcount than the file
+// has allocated clusters (by a ninth, and at least two). It reads
+// each refcount block the table names at most once per offset, and never
+// looks past the refcount table, so that a hostile table costs at most one
+// pass over its blocks.
+func (i *Image) detectMetadataPrealloc() bool {
+	length, err := i.f.Size()
+	if err != nil {
+		return false
+	}
+	as, ok := i.f.(storage.AllocatedSizer)
+	if !ok {
+		return false
+	}
+	alloc, err := as.AllocatedSize()
+	if err != nil {
+		return false
+	}
+	real := alloc / i.clusterSize
+	threshold := max(real*10/9, real+2)
+	end := min(i.sizeToClusters(length), int64(len(i.reftable))*i.rbSize)
+	counted := make(map[int64]int64) // whole blocks, by offset
+	var count int64
+	for first := int64(0); first < end && count < threshold; first += i.rbSize {
+		off, _, err := i.refcountBlockOffset(first)
+		if err != nil {
+			return false
+		}
+		if off == 0 {
+			continue
+		}
+		n := min(i.rbSize, end-first)
+		if c, ok := counted[off]; ok && n == i.rbSize {
+			count += c
+			continue
+		}
+		e, err := i.rcCache.get(off)
+		if err != nil {
+			return false
+		}
+		var c int64
+		for k := range n {
+			if i.refcount.get(e.data, uint64(k)) != 0 {
+				c++
+			}
+		}
+		i.rcCache.put(e)
+		if n == i.rbSize {
+			counted[off] = c
+		}
+		count += c
+	}
+	return count >= threshold
 }

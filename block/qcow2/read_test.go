@@ -235,3 +235,57 @@ func TestCorruptL2Entries(t *testing.T) {
 		n.Close()
 	}
 }
+
+// TestBlockStatusMetadataPreallocation: in an image that looks
+// preallocated with metadata, data clusters that are holes in the file read
+// as zeroes, cut at the file's data; elsewhere data clusters stay data.
+func TestBlockStatusMetadataPreallocation(t *testing.T) {
+	const mb = 1 << 20
+	data := block.Allocated | block.Data | block.OffsetValid
+	tests := []struct {
+		name string
+		opts string
+		want []block.Extent // from 0, until the image's end
+	}{
+		{name: "metadata", opts: "preallocation=metadata", want: []block.Extent{
+			{Length: mb, Status: data | block.Zero},
+			{Length: 64 << 10, Status: data},
+			{Length: 15*mb - 64<<10, Status: data | block.Zero},
+		}},
+		{name: "off", opts: "preallocation=off", want: []block.Extent{
+			{Length: mb, Status: block.Zero},
+			{Length: 64 << 10, Status: data},
+			{Length: 15*mb - 64<<10, Status: block.Zero},
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			env, _ := testEnv(t)
+			if err := env.Create(block.CreateParams{Filename: "p.qcow2", Format: "qcow2", Size: 16 * mb, Options: tc.opts}); err != nil {
+				t.Fatal(err)
+			}
+			n, err := env.Open("p.qcow2", block.OpenOptions{Write: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer n.Close()
+			if _, err := n.WriteAt(pattern(5, 64<<10), mb); err != nil {
+				t.Fatal(err)
+			}
+			var off int64
+			for k, w := range tc.want {
+				e, err := n.BlockStatus(off, n.Size()-off)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if e.Status != w.Status || e.Length != w.Length {
+					t.Fatalf("run %d at %d: status %#x length %d, want %#x %d", k, off, e.Status, e.Length, w.Status, w.Length)
+				}
+				off += e.Length
+			}
+			if off != n.Size() {
+				t.Fatalf("runs end at %d, want %d", off, n.Size())
+			}
+		})
+	}
+}

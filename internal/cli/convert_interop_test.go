@@ -121,6 +121,12 @@ func TestInteropConvertRaw(t *testing.T) {
 		fresh("several sources", "-p", "src.raw", "src.raw", "dst.raw"),
 		{name: "odd sizes", shell: "head -c 1000 /dev/zero | tr '\\0' 'a' > a && head -c 700 /dev/zero | tr '\\0' 'b' > b && : > e",
 			args: c("convert", "-p", "a", "e", "b", "a", "dst.raw"), files: c("dst.raw"), mapOf: c("dst.raw"), infoOf: c("dst.raw")},
+		{name: "metadata-preallocated source", shell: "qemu-img create -q -f qcow2 -o preallocation=metadata pm.qcow2 32M && " +
+			"qemu-io -f qcow2 -c 'write -P 9 1M 1M' -c 'write -z 4M 64k' -c 'write 20M 4k' pm.qcow2 >/dev/null",
+			args: c("convert", "-p", "-O", "qcow2", "pm.qcow2", "dst.qcow2"), files: c("dst.qcow2"), mapOf: c("dst.qcow2")},
+		{name: "metadata-preallocated source to raw", shell: "qemu-img create -q -f qcow2 -o preallocation=metadata pm.qcow2 32M && " +
+			"qemu-io -f qcow2 -c 'write -P 9 1M 1M' pm.qcow2 >/dev/null",
+			args: c("convert", "-p", "-S", "0", "-O", "raw", "pm.qcow2", "dst.raw"), files: c("dst.raw"), mapOf: c("dst.raw")},
 		{name: "empty source", shell: ": > e", args: c("convert", "-p", "e", "dst.raw"), files: c("dst.raw"), infoOf: c("dst.raw")},
 		{name: "existing target replaced", shell: garbage, args: c("convert", "src.raw", "dst.raw"), files: c("dst.raw"), mapOf: c("dst.raw"), infoOf: c("dst.raw")},
 		{name: "-n over data", shell: garbage, args: c("convert", "-p", "-n", "src.raw", "dst.raw"), files: c("dst.raw"), mapOf: c("dst.raw")},

@@ -68,6 +68,19 @@ func TestInteropMeasure(t *testing.T) {
 			input("input "+f+" "+o, append(args, f)...)
 		}
 	}
+	// Images preallocated with metadata: their data clusters that are
+	// holes in the file read as zeroes (QEMU's metadata preallocation
+	// rule), the fallocated ones as data.
+	pre := img + " && " + sh(
+		"qemu-img create -q -f qcow2 -o preallocation=metadata pm.qcow2 64M",
+		qio("pm.qcow2", "qcow2", "write 1M 1M", "write 40M 64k"),
+		"qemu-img create -q -f qcow2 -o preallocation=metadata,cluster_size=4k pm4.qcow2 8M",
+		"qemu-img create -q -f qcow2 -o preallocation=falloc pf.qcow2 16M",
+		qio("pf.qcow2", "qcow2", "write 1M 1M"),
+	)
+	for _, f := range []string{"pm.qcow2", "pm4.qcow2", "pf.qcow2"} {
+		cases = append(cases, diffCase{name: "preallocated input " + f, shell: pre, args: c("measure", "-O", "qcow2", f)})
+	}
 	input("raw from qcow2", "a.qcow2")
 	input("raw from raw", "-O", "raw", "r.raw")
 	input("json input", "--output=json", "-O", "qcow2", "a.qcow2")
