@@ -137,16 +137,16 @@ type Image struct {
 	data storage.File // where guest data lives: f, or the external data file
 	name string
 	// hasDataFile is set with an external data file.
-	hasDataFile   bool
+	hasDataFile bool
 	// mdPrealloc says whether the image looked preallocated with
 	// metadata when BlockStatus was first called (mdPreallocChecked):
 	// its data clusters are then looked up in the data file, whose holes
 	// read as zeroes.
 	mdPrealloc, mdPreallocChecked bool
-	dataFileOwned bool
-	write         bool
-	warn          func(string)
-	notice        func(string)
+	dataFileOwned                 bool
+	write                         bool
+	warn                          func(string)
+	notice                        func(string)
 	// prog prefixes the errors a check reports as QEMU's error_report.
 	prog string
 	// forCheck is set when the image was opened to be checked: a dirty
