@@ -194,6 +194,15 @@ var (
 	ErrNotAllowed = errors.New("not allowed by policy")
 )
 
+// Unsupported returns an error that reads as msg alone, as QEMU words it,
+// and matches ErrUnsupported.
+func Unsupported(msg string) error { return unsupportedError(msg) }
+
+type unsupportedError string
+
+func (e unsupportedError) Error() string        { return string(e) }
+func (e unsupportedError) Is(target error) bool { return target == ErrUnsupported }
+
 // FormatError reports a bad field in an image's on-disk structures.
 type FormatError struct {
 	// Field names the structure and field, such as "L1 table offset".

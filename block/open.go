@@ -17,6 +17,16 @@ const DefaultMaxChainDepth = 256
 // rounded down to 1 GiB, QEMU's BDRV_MAX_LENGTH.
 const MaxLength = 1<<63 - 1<<30
 
+// CheckLength refuses a new length beyond MaxLength with the message of
+// QEMU's request checks, which every resize passes through for each layer
+// (the image, then its file).
+func CheckLength(n int64) error {
+	if n > MaxLength {
+		return fmt.Errorf("offset(%d) exceeds maximum(%d)", n, int64(MaxLength))
+	}
+	return nil
+}
+
 // errTooLarge is QEMU's error for an image whose driver reports a size
 // beyond MaxLength (bdrv_open_driver's refresh_total_sectors).
 var errTooLarge = errors.New("Could not refresh total sector count: File too large")

@@ -10,10 +10,6 @@ import (
 	"github.com/qimg/qimg/storage"
 )
 
-// maxLength is the largest image size QEMU's block layer accepts
-// (BDRV_MAX_LENGTH).
-const maxLength = 1<<63 - 1<<30
-
 // Resize changes the virtual size, as QEMU's bdrv_co_truncate and
 // qcow2_co_truncate do. Growing grows the L1 table to the exact size, and
 // with preallocation the new clusters are allocated (metadata), reserved
@@ -46,8 +42,8 @@ func (i *Image) resize(size int64, prealloc string) error {
 	if size < 0 {
 		return errors.New("Image size cannot be negative")
 	}
-	if size > maxLength {
-		return fmt.Errorf("offset(%d) exceeds maximum(%d)", size, int64(maxLength))
+	if err := block.CheckLength(size); err != nil {
+		return err
 	}
 	oldLength := i.size
 	// A backing image that reaches into the new area would show through

@@ -293,17 +293,28 @@ func (i *Image) Close() error {
 	return nil
 }
 
-// Resize changes the size of the file (raw images are their file).
+// Resize changes the size of the file (raw images are their file). With
+// an offset option the file keeps the bytes before the offset and ends
+// size bytes after it; a size option fixes the size, as in QEMU.
 func (i *Image) Resize(size int64, prealloc string) error {
 	if !i.write {
 		return block.ErrReadOnly
 	}
-	if i.hasSize || i.offset != 0 {
-		return fmt.Errorf("Cannot resize a raw image with offset or size options: %w", block.ErrUnsupported)
+	if i.hasSize {
+		return block.Unsupported("Cannot resize fixed-size raw disks")
+	}
+	if err := block.CheckLength(size); err != nil {
+		return err
+	}
+	if size > math.MaxInt64-i.offset {
+		return errors.New("Disk size too large for the chosen offset")
+	}
+	if err := block.CheckLength(i.offset + size); err != nil {
+		return err
 	}
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if err := storage.Truncate(i.f, size, prealloc); err != nil {
+	if err := storage.Truncate(i.f, i.offset+size, prealloc); err != nil {
 		return err
 	}
 	i.size = size

@@ -226,9 +226,18 @@ func TestOffsetSizeOptions(t *testing.T) {
 		if _, err := n.WriteAt([]byte{1}, n.Size()); !errors.Is(err, block.ErrRange) {
 			t.Errorf("%v: write past the window: %v", tc.opts, err)
 		}
-		if r, ok := n.Image.(block.Resizer); ok {
-			if err := r.Resize(1<<21, "off"); !errors.Is(err, block.ErrUnsupported) {
+		// A fixed size cannot change; with only an offset the file ends
+		// the new size after it.
+		if _, fixed := tc.opts["size"]; fixed {
+			if err := n.Image.(block.Resizer).Resize(1<<21, "off"); !errors.Is(err, block.ErrUnsupported) {
 				t.Errorf("%v: Resize: %v", tc.opts, err)
+			}
+		} else {
+			if err := n.Image.(block.Resizer).Resize(1<<21, "off"); err != nil || n.Image.Size() != 1<<21 {
+				t.Errorf("%v: Resize: %v, size %d", tc.opts, err, n.Image.Size())
+			}
+			if got, _ := n.File.Size(); got != tc.off+1<<21 {
+				t.Errorf("%v: the file is %d bytes after the resize, want %d", tc.opts, got, tc.off+1<<21)
 			}
 		}
 		n.Close()

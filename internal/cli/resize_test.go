@@ -22,6 +22,12 @@ func TestInteropResize(t *testing.T) {
 		{name: "raw full", setup: images, args: c("resize", "-f", "raw", "--preallocation=full", "r", "3M"), files: c("r")},
 		{name: "raw metadata", setup: images, args: c("resize", "-f", "raw", "--preallocation=metadata", "r", "3M"), files: c("r")},
 		{name: "raw image-opts", setup: images, args: c("resize", "--image-opts", "driver=raw,file.filename=r", "5M"), files: c("r")},
+		{name: "raw offset grow", setup: images, args: c("resize", "--image-opts", "driver=raw,offset=4096,file.filename=r", "2M"), files: c("r")},
+		{name: "raw offset shrink", setup: images, args: c("resize", "--shrink", "--image-opts", "driver=raw,offset=4096,file.filename=r", "1000"), files: c("r")},
+		{name: "raw offset falloc", setup: images, args: c("resize", "--preallocation=falloc", "--image-opts", "driver=raw,offset=512,file.filename=r", "3M"), files: c("r")},
+		{name: "raw fixed size", setup: images, args: c("resize", "--image-opts", "driver=raw,offset=4096,size=4096,file.filename=r", "2M"), files: c("r")},
+		{name: "raw beyond maximum", setup: images, args: c("resize", "-f", "raw", "r", "9223372036854775000"), files: c("r")},
+		{name: "raw offset beyond maximum", setup: images, args: c("resize", "--image-opts", "driver=raw,offset=4096,file.filename=r", "9223372035781033984"), files: c("r")},
 
 		{name: "qcow2 grow", setup: images, shell: data, args: c("resize", "img", "1G"), files: c("img")},
 		{name: "qcow2 grow quiet", setup: images, args: c("resize", "-q", "img", "+3M"), files: c("img")},
