@@ -82,7 +82,9 @@ type Image struct {
 	hasSize bool
 	write   bool
 	probed  bool
-	probe   func(sector []byte) bool
+	// asFile is set when the file driver opened the image.
+	asFile bool
+	probe  func(sector []byte) bool
 
 	mu   sync.RWMutex
 	size int64
@@ -137,8 +139,13 @@ func roundUp(n int64) int64 {
 	return (n + sectorSize - 1) &^ (sectorSize - 1)
 }
 
-// Format returns "raw".
-func (*Image) Format() string { return "raw" }
+// Format returns "raw", or "file" for an image the file driver opened.
+func (i *Image) Format() string {
+	if i.asFile {
+		return "file"
+	}
+	return "raw"
+}
 
 // Size returns the virtual size.
 func (i *Image) Size() int64 {

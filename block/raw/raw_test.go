@@ -422,3 +422,39 @@ func TestProbeScore(t *testing.T) {
 		t.Error("name or open specs wrong")
 	}
 }
+
+// TestFileDriver: the file driver opens a file as raw does, under its own
+// name, is never probed (not even for an empty file), leaves sector 0
+// writable, and takes no offset option.
+func TestFileDriver(t *testing.T) {
+	qcowMagic := append([]byte("QFI\xfb"), make([]byte, 508)...)
+	env, _, stderr := memEnv(map[string][]byte{"x": bytes.Repeat([]byte{7}, 4096), "e": nil})
+	env.Registry = block.NewRegistry(raw.NewFile(), raw.New(), qcow2Prober{})
+	for _, name := range []string{"x", "e"} {
+		n := mustOpen(t, env, name, block.OpenOptions{Write: true})
+		if n.Format() != "raw" {
+			t.Errorf("%s probed as %q, want raw", name, n.Format())
+		}
+	}
+	stderr.Reset()
+	n := mustOpen(t, env, "x", block.OpenOptions{Format: "file", Write: true})
+	if n.Format() != "file" || n.Size() != 4096 {
+		t.Fatalf("format %q size %d", n.Format(), n.Size())
+	}
+	if _, err := n.WriteAt(qcowMagic, 0); err != nil {
+		t.Fatalf("a write of another format's magic to sector 0: %v", err)
+	}
+	got := make([]byte, 4)
+	if _, err := n.ReadAt(got, 0); err != nil || string(got) != "QFI\xfb" {
+		t.Fatalf("read back %q, %v", got, err)
+	}
+	if stderr.Len() != 0 {
+		t.Errorf("warnings for an unprobed file: %q", stderr.String())
+	}
+	if _, err := env.Open("x", block.OpenOptions{Format: "file", DriverOptions: map[string]string{"offset": "512"}}); err == nil {
+		t.Error("the file driver took an offset option")
+	}
+	if _, ok := block.Driver(raw.NewFile()).(block.Measurer); ok {
+		t.Error("the file driver measures; QEMU's does not")
+	}
+}

@@ -153,8 +153,24 @@ func (res *imageOpts) resolve(opts map[string]string, order []string, o *block.O
 	if !hasDriver && len(fileOpts) == 0 {
 		return errors.New("Must specify either driver or file")
 	}
+	// driver=file opens the file itself as the image (the "file"
+	// format): the options beside it are the protocol's.
+	asFile := hasDriver && driver == "file"
+	if asFile {
+		if _, ok := opts["filename"]; !ok {
+			return errors.New("The 'file' block driver requires a file name")
+		}
+		fileOpts, fileOrder = map[string]string{}, nil
+		for _, k := range order {
+			if !isNodeOption(k) {
+				fileOpts[k] = opts[k]
+				fileOrder = append(fileOrder, k)
+			}
+		}
+	}
 	if hasDriver {
 		switch {
+		case asFile:
 		case driver == "file" || driver == "host_device" || qemuProtocols[driver]:
 			return fmt.Errorf("Opening the protocol driver '%s' as an image is not supported by qimg", driver)
 		case !known(driver):
@@ -223,6 +239,10 @@ func (res *imageOpts) resolve(opts map[string]string, order []string, o *block.O
 	}
 	if protocol == "host_device" && !isDevice(res.filename) {
 		return fmt.Errorf("'host_device' driver requires '%s' to be either a character or block device", res.filename)
+	}
+	if asFile {
+		res.display = res.filename
+		return nil
 	}
 	drvOpts := map[string]string{}
 	for _, k := range order {

@@ -93,7 +93,10 @@ func TestParseImageOpts(t *testing.T) {
 		{spec: "driver=raw,file.filename=x,id=1", err: "Parameter 'id' expects an identifier", parse: true},
 		{spec: "driver=raw,file.filename=x,force-share=off", forceShare: true, err: "--force-share/-U conflicts with image options", parse: true},
 		{spec: "driver=raw,file.filename=x,force-share=yes", forceShare: true, err: "--force-share/-U conflicts with image options", parse: true},
-		{spec: "driver=file,filename=x", err: "Opening the protocol driver 'file' as an image is not supported by qimg"},
+		{spec: "driver=file,filename=x,locking=off", filename: "x", format: "file", locking: block.LockOff},
+		{spec: "driver=file,file.filename=x", err: "The 'file' block driver requires a file name"},
+		{spec: "driver=file,filename=x,offset=1", err: "Block protocol 'file' doesn't support the option 'offset'"},
+		{spec: "driver=host_device,filename=x", err: "Opening the protocol driver 'host_device' as an image is not supported by qimg"},
 		{spec: "driver=raw,file.driver=nbd,file.host=h", err: "The protocol driver 'nbd' is not supported by qimg"},
 	}
 	for _, tc := range tests {

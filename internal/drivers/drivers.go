@@ -14,5 +14,6 @@ func Registry() *block.Registry {
 	return block.NewRegistry(
 		qcow2.New(),
 		raw.New(),
+		raw.NewFile(),
 	)
 }
