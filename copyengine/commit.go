@@ -22,8 +22,9 @@ const (
 
 // CommitOptions tune Commit.
 type CommitOptions struct {
-	// RateLimit bounds the bytes written per second; 0 means no limit
-	// (qemu-img commit -r).
+	// RateLimit bounds the bytes of data written per second (zeroed runs
+	// do not count, as in QEMU's mirror job); 0 means no limit (qemu-img
+	// commit -r).
 	RateLimit int64
 	// Progress, if set, receives the bytes copied so far and the total.
 	Progress func(done, total int64)
@@ -65,6 +66,7 @@ func Commit(ctx context.Context, top, base *block.Node, o CommitOptions) error {
 			KeepZeroData: true,
 			TargetBacked: true,
 			RateLimit:    o.RateLimit,
+			ZeroesFree:   true,
 			Progress:     o.Progress,
 		})
 		if err != nil {

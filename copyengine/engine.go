@@ -564,8 +564,10 @@ func (c *copier) writeCompressed(pos int64, p []byte) error {
 }
 
 func (c *copier) zero(pos, n int64) error {
-	if err := c.throttle(n); err != nil {
-		return err
+	if !c.o.ZeroesFree {
+		if err := c.throttle(n); err != nil {
+			return err
+		}
 	}
 	if err := c.dst.WriteZeroes(c.o.TargetOffset+pos, n, block.MayUnmap); err != nil {
 		return err

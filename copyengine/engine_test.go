@@ -515,3 +515,17 @@ func TestCopyRateLimited(t *testing.T) {
 		t.Errorf("rate-limited copy took %v, want at least 1/8 s", d)
 	}
 }
+
+func TestCopyRateLimitZeroesFree(t *testing.T) {
+	// 4 MiB of zeroes at 64 KiB/s would take a minute if zeroing counted.
+	src := newFake(4 * mib)
+	dst := newFake(4*mib).fill(random(31, 4*mib), 0)
+	start := time.Now()
+	copyInto(t, dst, []Source{{Image: src}}, Options{RateLimit: 64 * kib, ZeroesFree: true})
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("zeroing was rate limited: the copy took %v", d)
+	}
+	if !IsZero(dst.bytes()) {
+		t.Error("the target was not zeroed")
+	}
+}

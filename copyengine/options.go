@@ -154,6 +154,9 @@ type Options struct {
 	// RateLimit bounds the bytes written (and zeroed) per second; 0 means
 	// no limit (qemu-img -r).
 	RateLimit int64
+	// ZeroesFree leaves zeroed runs out of RateLimit's count, as QEMU's
+	// mirror job (which commit runs) leaves out the zeroes it writes.
+	ZeroesFree bool
 	// Warn receives warnings worded as qemu-img words them, without the
 	// program name. Nil discards them.
 	Warn func(msg string)
