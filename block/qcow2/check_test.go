@@ -323,6 +323,12 @@ func FuzzCheck(f *testing.F) {
 	f.Add(fs.File("d.qcow2").Bytes()[:64<<10])
 	_, fs = damaged(f, "cluster_size=512,refcount_bits=1", func(d *damage) { d.put64(d.l2(1), d.u64(d.l2(0))) })
 	f.Add(fs.File("d.qcow2").Bytes()[:16<<10])
+	// Offsets at 2^63 and beyond (once read as negative cluster indexes).
+	_, fs = damaged(f, "cluster_size=4k", func(d *damage) {
+		d.put64(d.reftableOff+8, 1<<63)
+		d.put64(d.l2(2), copied|1<<62)
+	})
+	f.Add(fs.File("d.qcow2").Bytes()[:64<<10])
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fs := storage.NewMemFS()
 		m := storage.NewMemFile("f.qcow2")
