@@ -68,9 +68,8 @@ type DriverOptions struct {
 	Options *Options
 	// Env is the environment the image is opened in.
 	Env *Env
-	// OpenRelated opens a file the image names (an external data file, an
-	// extent), resolved against the image's directory and checked against
-	// the Env's policy.
+	// OpenRelated opens a file the image names (an extent), resolved
+	// against the image's directory and checked against the Env's policy.
 	OpenRelated func(name string, write bool) (storage.File, error)
 	// OpenDataFile opens the external data file the image names: as
 	// OpenRelated, except that a relative name is found from the working
