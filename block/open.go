@@ -321,8 +321,8 @@ func (e *Env) ResolveDataFile(image, named string) (string, error) {
 	return CombinePath(image, named), nil
 }
 
-// OpenRelated opens a file that the image called image names (an extent,
-// or a data file at creation), resolving it against the image's directory
+// OpenRelated opens a file that the image called image names (such as an
+// extent), resolving it against the image's directory
 // and checking the Env's policy. what names the kind of file for messages.
 // The file is locked as a data file read (or written) by its image until
 // it is closed.
