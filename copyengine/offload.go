@@ -27,7 +27,7 @@ func dataFile(img block.Image) storage.File {
 // bytes are its container's bytes, holes included.
 func isRaw(img block.Image) bool {
 	n, ok := img.(*block.Node)
-	return ok && n.Driver != nil && n.Driver.Name() == "raw"
+	return ok && n.Driver != nil && (n.Driver.Name() == "raw" || n.Driver.Name() == "file")
 }
 
 // copyRange copies a data job with storage.RangeCopier, from the files
@@ -69,9 +69,12 @@ func (c *copier) copyRange(j job) error {
 		if err != nil {
 			return err
 		}
-		if !text.Has(block.OffsetValid) || text.Has(block.Compressed) || (text.Has(block.Zero) && !isRaw(c.dst)) {
-			// Writing into the host file would not clear a format's
-			// zero flag; a raw hole is just unwritten bytes.
+		if !text.Has(block.OffsetValid) || text.Has(block.Compressed) ||
+			(!isRaw(c.dst) && (!text.Has(block.Data) || text.Has(block.Zero))) {
+			// Only a format's plain data clusters take bytes written
+			// into the host file: writing there would neither clear
+			// a zero flag nor allocate a subcluster. A raw hole is
+			// just unwritten bytes.
 			return errNoOffload
 		}
 		m := min(ext.Length, text.Length)

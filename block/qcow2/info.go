@@ -2,7 +2,17 @@ package qcow2
 
 import (
 	"github.com/qimg/qimg/block"
+	"github.com/qimg/qimg/storage"
 )
+
+// DataFile returns the external data file that host offsets refer to, or
+// nil when the image keeps its data in its own file (block.DataFiler).
+func (i *Image) DataFile() storage.File {
+	if !i.hasDataFile {
+		return nil
+	}
+	return i.data
+}
 
 // Info returns what `qemu-img info` shows about the image: the cluster
 // size, the dirty and encryption flags, the format-specific information

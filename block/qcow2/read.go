@@ -183,7 +183,9 @@ func (i *Image) BlockStatus(off, n int64) (block.Extent, error) {
 			ext.Length = min(ext.Length, bs-off)
 		}
 	}
-	if (m.typ == subNormal || m.typ == subZeroAlloc) && !encrypted {
+	// A host cluster whose subcluster is unallocated still has its
+	// offset reported, as QEMU does.
+	if (m.typ == subNormal || m.typ == subZeroAlloc || m.typ == subUnallocatedAlloc) && !encrypted {
 		ext.Status |= block.OffsetValid
 		ext.HostOffset = int64(m.host)
 		if m.typ == subNormal && i.mdPrealloc {

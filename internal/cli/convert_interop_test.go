@@ -121,6 +121,16 @@ func TestInteropConvertRaw(t *testing.T) {
 		fresh("several sources", "-p", "src.raw", "src.raw", "dst.raw"),
 		{name: "odd sizes", shell: "head -c 1000 /dev/zero | tr '\\0' 'a' > a && head -c 700 /dev/zero | tr '\\0' 'b' > b && : > e",
 			args: c("convert", "-p", "a", "e", "b", "a", "dst.raw"), files: c("dst.raw"), mapOf: c("dst.raw"), infoOf: c("dst.raw")},
+		// Offloading into a data file must not bypass the clusters'
+		// subcluster bitmaps: the target reads the source after it.
+		{name: "copy offload into a data file with subclusters", shell: "qemu-img create -q -f raw base.raw 1M && " +
+			"qemu-io -f raw -c 'write -P 1 0 1M' base.raw >/dev/null && " +
+			"qemu-img create -q -f qcow2 -o \"data_file=$PWD/d.raw,extended_l2=on\" -b base.raw -F raw t.qcow2 1M && " +
+			"qemu-io -f qcow2 -c 'write -P 2 0 2k' -c 'write -P 3 512k 64k' t.qcow2 >/dev/null && qemu-img create -q -f raw s.raw 1M && qemu-io -f raw -c 'write -P 7 0 300k' -c 'write -P 8 300k 724k' s.raw >/dev/null",
+			args: c("convert", "-C", "-n", "-B", "base.raw", "-F", "raw", "-f", "raw", "-O", "qcow2", "s.raw", "t.qcow2"), compareOf: c("t.qcow2"), checkOf: c("t.qcow2")},
+		{name: "copy offload from a data file", shell: "qemu-img create -q -f qcow2 -o data_file=d.raw s.qcow2 1M && " +
+			"qemu-io -f qcow2 -c 'write -P 2 0 256k' -c 'write -z 512k 64k' s.qcow2 >/dev/null",
+			args: c("convert", "-C", "-f", "qcow2", "-O", "raw", "s.qcow2", "dst.raw"), files: c("dst.raw")},
 		{name: "metadata-preallocated source", shell: "qemu-img create -q -f qcow2 -o preallocation=metadata pm.qcow2 32M && " +
 			"qemu-io -f qcow2 -c 'write -P 9 1M 1M' -c 'write -z 4M 64k' -c 'write 20M 4k' pm.qcow2 >/dev/null",
 			args: c("convert", "-p", "-O", "qcow2", "pm.qcow2", "dst.qcow2"), files: c("dst.qcow2"), mapOf: c("dst.qcow2")},
