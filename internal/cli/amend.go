@@ -29,13 +29,10 @@ func cmdAmend(a *App, args []string) int {
 		if c == -1 {
 			break
 		}
+		if code, stop := a.commonOption(g, c); stop {
+			return code
+		}
 		switch c {
-		case ':':
-			return a.usageError("missing argument for option '%s'", g.prev())
-		case '?':
-			return a.usageError("unrecognized option '%s'", g.prev())
-		case 'h':
-			return a.help()
 		case 'o':
 			if !a.accumulateOptions(&options, g.optarg) {
 				return 1

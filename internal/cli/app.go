@@ -176,6 +176,22 @@ func (a *App) usageError(format string, args ...any) int {
 	return 1
 }
 
+// commonOption handles what every command's option loop shares with
+// qemu-img's: a missing option argument and an unknown option end the
+// command with a usage error, -h prints the help. It returns the exit code
+// and true when the command must stop there.
+func (a *App) commonOption(g *getopt, c int) (int, bool) {
+	switch c {
+	case ':':
+		return a.usageError("missing argument for option '%s'", g.prev()), true
+	case '?':
+		return a.usageError("unrecognized option '%s'", g.prev()), true
+	case 'h':
+		return a.help(), true
+	}
+	return 0, false
+}
+
 // reportErr prints err with an optional prefix, and any hint it carries on
 // the following lines. Hints are printed exactly as they are: QEMU's hints
 // carry their own line ends, and some (such as "Detected format of qcow2.")
@@ -320,13 +336,10 @@ func (a *App) qemuImg(args []string) int {
 		if c == -1 {
 			break
 		}
+		if code, stop := a.commonOption(g, c); stop {
+			return code
+		}
 		switch c {
-		case ':':
-			return a.usageError("missing argument for option '%s'", g.prev())
-		case '?':
-			return a.usageError("unrecognized option '%s'", g.prev())
-		case 'h':
-			return a.help()
 		case 'V':
 			io.WriteString(a.Stdout, versionText())
 			return 0

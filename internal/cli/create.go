@@ -129,13 +129,10 @@ func cmdCreate(a *App, args []string) int {
 		if c == -1 {
 			break
 		}
+		if code, stop := a.commonOption(g, c); stop {
+			return code
+		}
 		switch c {
-		case ':':
-			return a.usageError("missing argument for option '%s'", g.prev())
-		case '?':
-			return a.usageError("unrecognized option '%s'", g.prev())
-		case 'h':
-			return a.help()
 		case 'F':
 			baseFmt = g.optarg
 		case 'b':

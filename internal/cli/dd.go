@@ -77,17 +77,14 @@ func cmdDD(a *App, args []string) int {
 		if c == -1 {
 			break
 		}
+		if code, stop := a.commonOption(g, c); stop {
+			return code
+		}
 		switch c {
 		case 'O':
 			outFmt = g.optarg
 		case 'f':
 			format = g.optarg
-		case ':':
-			return a.usageError("missing argument for option '%s'", g.prev())
-		case '?':
-			return a.usageError("unrecognized option '%s'", g.prev())
-		case 'h':
-			return a.help()
 		case 'U':
 			forceShare = true
 		case optObject:

@@ -41,13 +41,10 @@ func cmdSnapshot(a *App, args []string) int {
 		if c == -1 {
 			break
 		}
+		if code, stop := a.commonOption(g, c); stop {
+			return code
+		}
 		switch c {
-		case ':':
-			return a.usageError("missing argument for option '%s'", g.prev())
-		case '?':
-			return a.usageError("unrecognized option '%s'", g.prev())
-		case 'h':
-			return a.help()
 		case 'l', 'a', 'c', 'd':
 			if action != snapshotNone {
 				return a.usageError("Cannot mix '-l', '-a', '-c', '-d'")
