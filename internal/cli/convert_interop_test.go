@@ -95,6 +95,13 @@ func TestInteropConvertRaw(t *testing.T) {
 		return diffCase{name: name, shell: sparseRawSetup, args: append([]string{"convert"}, args...),
 			files: c("dst.raw"), mapOf: c("dst.raw"), infoOf: c("dst.raw")}
 	}
+	// dense drops the comparison of info, whose disk size for a fully
+	// allocated file varies with the file system's extent blocks from run
+	// to run, for qemu-img too.
+	dense := func(d diffCase) diffCase {
+		d.infoOf = nil
+		return d
+	}
 	garbage := sparseRawSetup + " && qemu-img create -q -f raw dst.raw 65M && qemu-io -f raw -c 'write -P 9 0 65M' dst.raw >/dev/null"
 	zeroTarget := sparseRawSetup + " && qemu-img create -q -f raw dst.raw 64M"
 	cases := []diffCase{
@@ -102,7 +109,7 @@ func TestInteropConvertRaw(t *testing.T) {
 		fresh("progress", "-p", "src.raw", "dst.raw"),
 		fresh("progress quiet", "-p", "-q", "src.raw", "dst.raw"),
 		fresh("format given", "-f", "raw", "-O", "raw", "src.raw", "dst.raw"),
-		fresh("fully allocated", "-p", "-S", "0", "src.raw", "dst.raw"),
+		dense(fresh("fully allocated", "-p", "-S", "0", "src.raw", "dst.raw")),
 		fresh("sparse 512", "-S", "512", "src.raw", "dst.raw"),
 		fresh("sparse 64k", "-p", "-S", "64k", "src.raw", "dst.raw"),
 		fresh("sparse 1M", "-S", "1M", "src.raw", "dst.raw"),
@@ -111,8 +118,8 @@ func TestInteropConvertRaw(t *testing.T) {
 		fresh("copy offload", "-p", "-C", "src.raw", "dst.raw"),
 		fresh("cache none", "-t", "none", "-T", "none", "src.raw", "dst.raw"),
 		fresh("cache writeback", "-t", "writeback", "src.raw", "dst.raw"),
-		fresh("preallocation full", "-o", "preallocation=full", "src.raw", "dst.raw"),
-		fresh("preallocation falloc", "-o", "preallocation=falloc", "src.raw", "dst.raw"),
+		dense(fresh("preallocation full", "-o", "preallocation=full", "src.raw", "dst.raw")),
+		dense(fresh("preallocation falloc", "-o", "preallocation=falloc", "src.raw", "dst.raw")),
 		fresh("size option overridden", "-o", "size=1M", "src.raw", "dst.raw"),
 		fresh("rate limit", "-r", "1G", "src.raw", "dst.raw"),
 		fresh("salvage", "--salvage", "src.raw", "dst.raw"),
