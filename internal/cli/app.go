@@ -45,6 +45,11 @@ type App struct {
 	// (secrets live in Env.Secrets).
 	objects map[string]bool
 
+	// halt, when set, stops the output streams: what the command writes
+	// after it is dropped, and it returns the error stream underneath,
+	// for the last message of a run a resource limit ends.
+	halt func() io.Writer
+
 	// abortMu guards abortHooks: cleanups a command registers for a run
 	// that a resource limit ends before the command can clean up itself.
 	abortMu    sync.Mutex
@@ -128,7 +133,12 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		prog = filepath.Base(args[0])
 	}
-	a := &App{Prog: prog, Stdin: stdin, Stdout: stdout, Stderr: stderr}
+	out, errOut := &haltable{w: stdout}, &haltable{w: stderr}
+	a := &App{Prog: prog, Stdin: stdin, Stdout: out, Stderr: errOut}
+	a.halt = func() io.Writer {
+		out.halt()
+		return errOut.halt()
+	}
 	rest := args[1:]
 	switch prog {
 	case "qemu-nbd":
@@ -149,6 +159,32 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 	}
 	return a.qemuImg(rest)
+}
+
+// haltable is an output stream that can be stopped for good: a resource
+// limit ends a run while the command's goroutines may still be writing,
+// and the limit's message must be the last line.
+type haltable struct {
+	mu     sync.Mutex
+	w      io.Writer
+	halted bool
+}
+
+func (h *haltable) Write(p []byte) (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.halted {
+		return len(p), nil
+	}
+	return h.w.Write(p)
+}
+
+// halt drops every later write and returns the stream underneath.
+func (h *haltable) halt() io.Writer {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.halted = true
+	return h.w
 }
 
 func (a *App) notYet(tool string) int {

@@ -229,7 +229,12 @@ func (a *App) watchdog(l limits, done <-chan struct{}) {
 // registered for that case (an incomplete convert target is removed) and
 // ends the run.
 func (a *App) limitExceeded(msg string) {
-	a.errorf("%s", msg)
+	if a.halt != nil {
+		// Nothing the command still writes may follow the message.
+		fmt.Fprintf(a.halt(), "%s: %s\n", a.Prog, msg)
+	} else {
+		a.errorf("%s", msg)
+	}
 	a.runAbortHooks()
 	if a.Exit != nil {
 		a.Exit(1)
