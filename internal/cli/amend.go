@@ -45,10 +45,6 @@ func cmdAmend(a *App, args []string) int {
 			showProgress = true
 		case 'q':
 			quiet = true
-		case optObject:
-			if code, stop := a.objectOption(g.optarg); stop {
-				return code
-			}
 		case optImageOpts:
 			imageOpts = true
 		case optForce:

@@ -214,10 +214,13 @@ func (a *App) usageError(format string, args ...any) int {
 
 // commonOption handles what every command's option loop shares with
 // qemu-img's: a missing option argument and an unknown option end the
-// command with a usage error, -h prints the help. It returns the exit code
-// and true when the command must stop there.
+// command with a usage error, -h prints the help, --object defines an
+// object (for the commands that take it). It returns the exit code and
+// true when the command must stop there.
 func (a *App) commonOption(g *getopt, c int) (int, bool) {
 	switch c {
+	case optObject:
+		return a.objectOption(g.optarg)
 	case ':':
 		return a.usageError("missing argument for option '%s'", g.prev()), true
 	case '?':

@@ -122,10 +122,6 @@ func cmdCheck(a *App, args []string) int {
 			quiet = true
 		case 'U':
 			forceShare = true
-		case optObject:
-			if code, stop := a.objectOption(g.optarg); stop {
-				return code
-			}
 		case optImageOpts:
 			imageOpts = true
 		}

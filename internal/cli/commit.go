@@ -56,10 +56,6 @@ func cmdCommit(a *App, args []string) int {
 				return 1
 			}
 			rate = v
-		case optObject:
-			if code, stop := a.objectOption(g.optarg); stop {
-				return code
-			}
 		case optImageOpts:
 			imageOpts = true
 		}

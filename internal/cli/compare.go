@@ -98,6 +98,16 @@ func cmdCompare(a *App, args []string) int {
 		if c == -1 {
 			break
 		}
+		if c == optObject {
+			// A bad object is an error of compare's own kind.
+			if code, stop := a.objectOption(g.optarg); stop {
+				if code != 0 {
+					return compareOpenError
+				}
+				return code
+			}
+			continue
+		}
 		if code, stop := a.commonOption(g, c); stop {
 			return code
 		}
@@ -116,13 +126,6 @@ func cmdCompare(a *App, args []string) int {
 			strict = true
 		case 'U':
 			forceShare = true
-		case optObject:
-			if code, stop := a.objectOption(g.optarg); stop {
-				if code != 0 {
-					return compareOpenError
-				}
-				return code
-			}
 		case optImageOpts:
 			imageOpts = true
 		}

@@ -152,10 +152,6 @@ func cmdConvert(a *App, args []string) int {
 				return 1
 			}
 			p.rateLimit = v
-		case optObject:
-			if code, stop := a.objectOption(g.optarg); stop {
-				return code
-			}
 		case optImageOpts:
 			p.imageOpts = true
 		case optSalvage:

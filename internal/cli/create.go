@@ -147,10 +147,6 @@ func cmdCreate(a *App, args []string) int {
 			quiet = true
 		case 'u':
 			noBacking = true
-		case optObject:
-			if code, stop := a.objectOption(g.optarg); stop {
-				return code
-			}
 		}
 	}
 	ops := g.operands()

@@ -87,10 +87,6 @@ func cmdDD(a *App, args []string) int {
 			format = g.optarg
 		case 'U':
 			forceShare = true
-		case optObject:
-			if code, stop := a.objectOption(g.optarg); stop {
-				return code
-			}
 		case optImageOpts:
 			imageOpts = true
 		}

@@ -225,10 +225,6 @@ func cmdInfo(a *App, args []string) int {
 			output, hasOutput = g.optarg, true
 		case optBackingChain:
 			chain = true
-		case optObject:
-			if code, stop := a.objectOption(g.optarg); stop {
-				return code
-			}
 		case optImageOpts:
 			imageOpts = true
 		}

@@ -185,10 +185,6 @@ func cmdMap(a *App, args []string) int {
 				return 1
 			}
 			maxLength = v
-		case optObject:
-			if code, stop := a.objectOption(g.optarg); stop {
-				return code
-			}
 		case optImageOpts:
 			imageOpts = true
 		}

@@ -56,10 +56,6 @@ func cmdRebase(a *App, args []string) int {
 			p.srcCache = g.optarg
 		case 'q':
 			p.quiet = true
-		case optObject:
-			if code, stop := a.objectOption(g.optarg); stop {
-				return code
-			}
 		case optImageOpts:
 			p.imageOpts = true
 		case 'U':

@@ -39,10 +39,6 @@ func cmdResize(a *App, args []string) int {
 			format = g.optarg
 		case 'q':
 			quiet = true
-		case optObject:
-			if code, stop := a.objectOption(g.optarg); stop {
-				return code
-			}
 		case optImageOpts:
 			imageOpts = true
 		case optPreallocation:

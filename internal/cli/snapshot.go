@@ -55,10 +55,6 @@ func cmdSnapshot(a *App, args []string) int {
 			// Nothing the command prints is progress or chatter.
 		case 'U':
 			forceShare = true
-		case optObject:
-			if code, stop := a.objectOption(g.optarg); stop {
-				return code
-			}
 		case optImageOpts:
 			imageOpts = true
 		}
